@@ -1,0 +1,110 @@
+package forwarder
+
+import (
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Store persists one record per connection in a directory. Every write is
+// atomic (temporary file, fsync, rename, fsync of the directory), so a
+// forwarder killed at any instant finds either the old or the new record.
+type Store struct {
+	dir string
+}
+
+const storeSuffix = ".json"
+
+// OpenStore creates dir if needed and returns a store on it.
+func OpenStore(dir string) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("state dir %q: %w", dir, err)
+	}
+	return &Store{dir: dir}, nil
+}
+
+// Dir returns the store's directory.
+func (s *Store) Dir() string { return s.dir }
+
+func (s *Store) path(id string) string {
+	return filepath.Join(s.dir, "conn-"+base64.RawURLEncoding.EncodeToString([]byte(id))+storeSuffix)
+}
+
+// Put writes the record of id atomically.
+func (s *Store) Put(id string, data []byte) error {
+	f, err := os.CreateTemp(s.dir, ".tmp-*")
+	if err != nil {
+		return fmt.Errorf("state put %q: %w", id, err)
+	}
+	tmp := f.Name()
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, s.path(id))
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("state put %q: %w", id, err)
+	}
+	return s.syncDir()
+}
+
+// Delete removes the record of id; a missing record is not an error.
+func (s *Store) Delete(id string) error {
+	if err := os.Remove(s.path(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("state delete %q: %w", id, err)
+	}
+	return s.syncDir()
+}
+
+// Load returns every record by connection id. Leftover temporary files from
+// an interrupted write are removed.
+func (s *Store) Load() (map[string][]byte, error) {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("state load: %w", err)
+	}
+	out := make(map[string][]byte)
+	for _, e := range entries {
+		name := e.Name()
+		if strings.HasPrefix(name, ".tmp-") {
+			_ = os.Remove(filepath.Join(s.dir, name))
+			continue
+		}
+		enc, ok := strings.CutPrefix(name, "conn-")
+		if !ok || !strings.HasSuffix(enc, storeSuffix) {
+			continue
+		}
+		id, err := base64.RawURLEncoding.DecodeString(strings.TrimSuffix(enc, storeSuffix))
+		if err != nil {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(s.dir, name))
+		if err != nil {
+			return nil, fmt.Errorf("state load %q: %w", name, err)
+		}
+		out[string(id)] = data
+	}
+	return out, nil
+}
+
+func (s *Store) syncDir() error {
+	d, err := os.Open(s.dir)
+	if err != nil {
+		return fmt.Errorf("state sync: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("state sync: %w", err)
+	}
+	return nil
+}
