@@ -6,6 +6,7 @@ require (
 	github.com/cilium/ebpf v0.20.0 // indirect
 	github.com/google/uuid v1.6.0 // indirect
 	github.com/networkservicemesh/api v1.18.0 // indirect
+	github.com/pkg/errors v0.9.1 // indirect
 	github.com/vishvananda/netlink v1.3.1 // indirect
 	github.com/vishvananda/netns v0.0.5 // indirect
 	go.uber.org/goleak v1.3.0 // indirect
