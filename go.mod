@@ -3,17 +3,20 @@ module github.com/nsmfwd/nsmfwd
 go 1.26.8
 
 require (
-	github.com/cilium/ebpf v0.20.0 // indirect
-	github.com/google/uuid v1.6.0 // indirect
-	github.com/networkservicemesh/api v1.18.0 // indirect
+	github.com/cilium/ebpf v0.20.0
+	github.com/google/uuid v1.6.0
+	github.com/networkservicemesh/api v1.18.0
+	github.com/vishvananda/netlink v1.3.1
+	github.com/vishvananda/netns v0.0.5
+	go.uber.org/goleak v1.3.0
+	golang.org/x/sys v0.38.0
+	google.golang.org/grpc v1.73.0
+	google.golang.org/protobuf v1.36.12
+)
+
+require (
 	github.com/pkg/errors v0.9.1 // indirect
-	github.com/vishvananda/netlink v1.3.1 // indirect
-	github.com/vishvananda/netns v0.0.5 // indirect
-	go.uber.org/goleak v1.3.0 // indirect
 	golang.org/x/net v0.46.0 // indirect
-	golang.org/x/sys v0.38.0 // indirect
 	golang.org/x/text v0.30.0 // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20250324211829-b45e905df463 // indirect
-	google.golang.org/grpc v1.73.0 // indirect
-	google.golang.org/protobuf v1.36.12 // indirect
 )

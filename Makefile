@@ -1,0 +1,33 @@
+# nsmfwd — Network Service Mesh forwarder. `make help` lists the targets.
+SHELL := /bin/bash
+GO ?= go
+BIN := $(CURDIR)/bin
+GOLANGCI_LINT_VERSION := v2.7.2
+# Privileged tests compare machine-wide BPF program and link sets before and
+# after, so test packages run one at a time.
+TEST_FLAGS ?= -race -count=1 -p 1
+
+.DEFAULT_GOAL := help
+.PHONY: help build test demo generate generate-check lint
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+build: ## build nsmfwd, nsmctl and nse into ./bin
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+test: ## run every test; as root this includes the privileged namespace/eBPF tests
+	$(GO) test $(TEST_FLAGS) ./...
+
+demo: build ## (root) connect a client to an endpoint over the eBPF cross-connect, ping, close, show nothing is left
+	@bash deployments/demo/demo.sh $(BIN)
+
+generate: ## regenerate the eBPF objects with bpf2go (needs clang, llvm, libbpf-dev)
+	$(GO) generate ./ebpf/...
+
+generate-check: generate ## fail if the committed eBPF objects differ from what `make generate` produces
+	@git diff --exit-code --stat -- ebpf/ || { echo "generated eBPF objects are stale: run make generate and commit"; exit 1; }
+
+lint: ## golangci-lint (pinned, run through go run; not in go.mod)
+	$(GO) run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION) run ./...

@@ -1,0 +1,188 @@
+// Command nsmfwd is a Network Service Mesh forwarder: it serves NSM's
+// NetworkService and MonitorConnection APIs and builds vWires between client
+// and endpoint namespaces. Run `nsmfwd --help` for its configuration.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/networkservicemesh/api/pkg/api/networkservice"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+
+	"github.com/nsmfwd/nsmfwd/controlplane"
+	"github.com/nsmfwd/nsmfwd/ebpf/kernel"
+	"github.com/nsmfwd/nsmfwd/forwarder"
+	"github.com/nsmfwd/nsmfwd/internal/envconfig"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "nsmfwd:", err)
+		os.Exit(1)
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "Usage: nsmfwd [--help]")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "nsmfwd is a Network Service Mesh forwarder. It is configured by environment variables:")
+	fmt.Fprintln(w)
+	envconfig.Usage(w, &Config{})
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "SIGTERM or SIGINT stops the forwarder gracefully; established vWires stay in place and are")
+	fmt.Fprintln(w, "adopted by the next start (connection table in NSM_STATE_DIR).")
+}
+
+func run(args []string, stdout io.Writer) error {
+	for _, a := range args {
+		switch a {
+		case "-h", "-help", "--help", "help":
+			usage(stdout)
+			return nil
+		default:
+			usage(os.Stderr)
+			return fmt.Errorf("unknown argument %q", a)
+		}
+	}
+	var cfg Config
+	if err := envconfig.Load(&cfg, os.LookupEnv); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	log, err := newLogger(cfg)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	return serve(ctx, cfg, log)
+}
+
+func newLogger(cfg Config) (*slog.Logger, error) {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	switch cfg.LogFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	default:
+		return nil, fmt.Errorf("config: NSM_LOG_FORMAT=%q: want text or json", cfg.LogFormat)
+	}
+}
+
+func newDataplane(ctx context.Context, cfg Config, log *slog.Logger) (forwarder.Dataplane, error) {
+	switch cfg.Dataplane {
+	case "kernel":
+		return kernel.New(ctx, kernel.Options{
+			Name:   cfg.Name,
+			PinDir: cfg.BPFPinDir,
+			Attach: cfg.TCAttach,
+			Logger: log.With("dataplane", "kernel"),
+		})
+	default:
+		return nil, fmt.Errorf("config: NSM_DATAPLANE=%q: want kernel", cfg.Dataplane)
+	}
+}
+
+func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
+	store, err := forwarder.OpenStore(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	dp, err := newDataplane(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer dp.Close()
+
+	next, err := controlplane.Dial(ctx, cfg.ConnectTo, cfg.DialTimeout)
+	if err != nil {
+		return fmt.Errorf("next hop %s: %w", cfg.ConnectTo, err)
+	}
+	defer next.Close()
+
+	hs := health.NewServer()
+	srv, err := controlplane.New(controlplane.Options{
+		Name:             cfg.Name,
+		Dataplane:        dp,
+		NextHop:          networkservice.NewNetworkServiceClient(next),
+		Store:            store,
+		MaxTokenLifetime: cfg.MaxTokenLifetime,
+		RequestTimeout:   cfg.RequestTimeout,
+		Logger:           log,
+		Health:           hs,
+	})
+	if err != nil {
+		return err
+	}
+	if err := srv.Start(ctx); err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	defer srv.Shutdown()
+
+	lis, cleanup, err := listen(cfg.ListenOn)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	gs := grpc.NewServer()
+	srv.Register(gs)
+
+	errc := make(chan error, 1)
+	go func() { errc <- gs.Serve(lis) }()
+	log.Info("nsmfwd serving", "listen_on", cfg.ListenOn, "connect_to", cfg.ConnectTo,
+		"dataplane", dp.Name(), "state_dir", cfg.StateDir)
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down; vWires stay in place")
+	done := make(chan struct{})
+	go func() { gs.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		gs.Stop()
+	}
+	return nil
+}
+
+// listen opens the NSM_LISTEN_ON address; for a unix socket it creates the
+// directory and replaces a stale socket file.
+func listen(rawURL string) (net.Listener, func(), error) {
+	network, addr, err := controlplane.ParseURL(rawURL)
+	if err != nil {
+		return nil, nil, fmt.Errorf("config: NSM_LISTEN_ON: %w", err)
+	}
+	if network == "unix" {
+		if err := os.MkdirAll(filepath.Dir(addr), 0o750); err != nil {
+			return nil, nil, fmt.Errorf("listen %s: %w", rawURL, err)
+		}
+		if err := os.Remove(addr); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, nil, fmt.Errorf("listen %s: %w", rawURL, err)
+		}
+	}
+	lis, err := net.Listen(network, addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("listen %s: %w", rawURL, err)
+	}
+	cleanup := func() {
+		_ = lis.Close()
+		if network == "unix" {
+			_ = os.Remove(addr)
+		}
+	}
+	return lis, cleanup, nil
+}

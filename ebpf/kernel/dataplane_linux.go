@@ -1,0 +1,658 @@
+package kernel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nsmfwd/nsmfwd/ebpf/xconnect"
+	"github.com/nsmfwd/nsmfwd/forwarder"
+	inetns "github.com/nsmfwd/nsmfwd/internal/netns"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Options configure a Dataplane.
+type Options struct {
+	// Name is the forwarder's NSM name. It scopes every object the
+	// dataplane owns (link aliases, pin directories, host interface names),
+	// so several forwarders, or parallel tests, on one host never touch
+	// each other's objects. Required; [A-Za-z0-9_.-]{1,64}.
+	Name string
+	// HostNetNS is the path of the network namespace that holds the
+	// host-side veth ends. "" means the process's own namespace.
+	HostNetNS string
+	// PinDir is the bpffs directory under which connections' BPF objects
+	// are pinned, in <PinDir>/<Name>/<connection>. Default
+	// /sys/fs/bpf/nsmfwd; bpffs is mounted at /sys/fs/bpf if it is not.
+	PinDir string
+	// Attach is the attach mode: "auto" (default: tcx where the kernel has
+	// it, else tc), "tcx" or "tc" (clsact qdisc and a BPF filter).
+	Attach string
+	// Logger receives the dataplane's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// DefaultPinDir is where BPF objects are pinned unless Options.PinDir says
+// otherwise.
+const DefaultPinDir = "/sys/fs/bpf/nsmfwd"
+
+// routeProto marks the routes the dataplane adds, so a refresh (even in a
+// new process) can tell them from routes the kernel or others added.
+const routeProto netlink.RouteProtocol = 0x6e // 'n'
+
+const rollbackTimeout = 10 * time.Second
+
+// Dataplane is the kernel (veth + eBPF) dataplane.
+type Dataplane struct {
+	opts     Options
+	log      *slog.Logger
+	mode     xconnect.Mode
+	hostNS   netns.NsHandle // always open
+	hostSelf bool           // hostNS is the process's own namespace
+	host     *netlink.Handle
+	locks    keyedMutex
+}
+
+var _ forwarder.Dataplane = (*Dataplane)(nil)
+
+// New opens the host namespace, makes sure bpffs is mounted and returns a
+// Dataplane. It creates no vWire; call Reconcile to adopt existing ones.
+func New(ctx context.Context, opts Options) (*Dataplane, error) {
+	if !validName.MatchString(opts.Name) {
+		return nil, fmt.Errorf("kernel dataplane: name %q must match %s", opts.Name, validName)
+	}
+	if opts.PinDir == "" {
+		opts.PinDir = DefaultPinDir
+	}
+	mode := xconnect.Mode(opts.Attach)
+	switch mode {
+	case "":
+		mode = xconnect.ModeAuto
+	case xconnect.ModeAuto, xconnect.ModeTCX, xconnect.ModeTC:
+	default:
+		return nil, fmt.Errorf("kernel dataplane: attach mode %q is not auto, tcx or tc", opts.Attach)
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	d := &Dataplane{opts: opts, log: log.With("dataplane", "kernel"), mode: mode}
+	var err error
+	if opts.HostNetNS == "" {
+		d.hostSelf = true
+		d.hostNS, err = netns.GetFromPath("/proc/self/ns/net")
+		if err == nil {
+			d.host, err = netlink.NewHandle()
+		}
+	} else {
+		d.hostNS, err = inetns.Resolve(forwarder.NetNSRef{Path: opts.HostNetNS})
+		if err == nil {
+			d.host, err = netlink.NewHandleAt(d.hostNS)
+		}
+	}
+	if err != nil {
+		_ = d.Close()
+		return nil, fmt.Errorf("kernel dataplane: host namespace %q: %w", opts.HostNetNS, err)
+	}
+	if err := ensureBPFFS(opts.PinDir); err != nil {
+		_ = d.Close()
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(opts.PinDir, opts.Name), 0o700); err != nil {
+		_ = d.Close()
+		return nil, fmt.Errorf("kernel dataplane: pin dir: %w", err)
+	}
+	return d, nil
+}
+
+// ensureBPFFS mounts bpffs at /sys/fs/bpf when dir is meant to be on it and
+// it is not mounted, then checks that dir's filesystem is bpffs.
+func ensureBPFFS(dir string) error {
+	const root = "/sys/fs/bpf"
+	if isBPFFS(root) != nil {
+		if err := unix.Mount("bpf", root, "bpf", 0, "mode=0700"); err != nil {
+			return fmt.Errorf("kernel dataplane: mount bpffs at %s: %w", root, err)
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("kernel dataplane: pin dir %s: %w", dir, err)
+	}
+	return isBPFFS(dir)
+}
+
+func isBPFFS(dir string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	if st.Type != unix.BPF_FS_MAGIC {
+		return fmt.Errorf("%s is not on a bpffs", dir)
+	}
+	return nil
+}
+
+// Name implements forwarder.Dataplane.
+func (d *Dataplane) Name() string { return "kernel" }
+
+// Mechanisms implements forwarder.Dataplane: KERNEL on both sides.
+func (d *Dataplane) Mechanisms(forwarder.SideKind) []string {
+	return []string{forwarder.MechanismKernel}
+}
+
+// Ready reports whether bpffs is usable and the program loads.
+func (d *Dataplane) Ready(context.Context) error {
+	if err := isBPFFS(filepath.Join(d.opts.PinDir, d.opts.Name)); err != nil {
+		return forwarder.Errorf(forwarder.CodeUnavailable, "", "kernel dataplane: %w", err)
+	}
+	if err := xconnect.Probe(); err != nil {
+		return forwarder.Errorf(forwarder.CodeUnavailable, "", "kernel dataplane: %w", err)
+	}
+	return nil
+}
+
+// Close releases the dataplane's handles. vWires stay in place.
+func (d *Dataplane) Close() error {
+	if d.host != nil {
+		d.host.Close()
+		d.host = nil
+	}
+	if d.hostNS.IsOpen() {
+		err := d.hostNS.Close()
+		d.hostNS = netns.None()
+		return err
+	}
+	return nil
+}
+
+func paramsField(side forwarder.SideKind) string {
+	if side == forwarder.SideEndpoint {
+		return "endpoint.connection.mechanism.parameters."
+	}
+	return "connection.mechanism.parameters."
+}
+
+// resolveSide opens the namespace a side's mechanism names.
+func resolveSide(side forwarder.SideKind, m forwarder.Mechanism) (netns.NsHandle, error) {
+	field := paramsField(side) + forwarder.ParamNetNSURL
+	raw := m.Param(forwarder.ParamNetNSURL)
+	if raw == "" {
+		return netns.None(), forwarder.Errorf(forwarder.CodeInvalidArgument, field, "missing network namespace URL")
+	}
+	ref, err := forwarder.ParseNetNSURL(raw)
+	if err != nil {
+		return netns.None(), &forwarder.Error{Code: forwarder.CodeInvalidArgument, Field: field, Err: err}
+	}
+	h, err := inetns.Resolve(ref)
+	if err != nil {
+		if fe, ok := errors.AsType[*forwarder.Error](err); ok && fe.Field == "" {
+			return h, &forwarder.Error{Code: fe.Code, Field: field, Err: fe.Err}
+		}
+		return h, err
+	}
+	return h, nil
+}
+
+// Check implements forwarder.Dataplane.
+func (d *Dataplane) Check(_ context.Context, id string, side forwarder.SideKind, m forwarder.Mechanism) error {
+	if m.Type != forwarder.MechanismKernel {
+		return forwarder.Errorf(forwarder.CodeInvalidArgument, paramsField(side)[:len(paramsField(side))-len("parameters.")]+"type", "mechanism %q is not %s", m.Type, forwarder.MechanismKernel)
+	}
+	ns, err := resolveSide(side, m)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	name := m.Param(forwarder.ParamIfName)
+	if name == "" {
+		name = defaultIfName(d.opts.Name, id, side)
+	}
+	if err := forwarder.ValidateIfName(name); err != nil {
+		return &forwarder.Error{Code: forwarder.CodeInvalidArgument, Field: paramsField(side) + forwarder.ParamIfName, Err: err}
+	}
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return fmt.Errorf("check: netlink handle in %s: %w", m.Param(forwarder.ParamNetNSURL), err)
+	}
+	defer h.Close()
+	l, err := h.LinkByName(name)
+	if err != nil {
+		if isNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("check: link %q: %w", name, err)
+	}
+	if l.Attrs().Alias == linkAlias(d.opts.Name, id, side) {
+		return nil
+	}
+	return forwarder.Errorf(forwarder.CodeAlreadyExists, paramsField(side)+forwarder.ParamIfName,
+		"interface %q already exists in network namespace %s", name, m.Param(forwarder.ParamNetNSURL))
+}
+
+func isNotFound(err error) bool {
+	var lnf netlink.LinkNotFoundError
+	return errors.As(err, &lnf) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENOENT)
+}
+
+// Connect implements forwarder.Dataplane.
+func (d *Dataplane) Connect(ctx context.Context, c *Conn) error {
+	unlock := d.locks.lock(c.ID)
+	defer unlock()
+	_, err := d.connect(ctx, c)
+	return err
+}
+
+// Conn is forwarder.Conn, named here for brevity.
+type Conn = forwarder.Conn
+
+// sideState is what connect learned or built for one side.
+type sideState struct {
+	kind     forwarder.SideKind
+	side     *forwarder.Side
+	ns       netns.NsHandle
+	nl       *netlink.Handle
+	hostName string
+	ifName   string
+	alias    string
+	host     netlink.Link
+	peer     netlink.Link
+	created  bool
+	sameNS   bool // the peer lives in the host namespace
+}
+
+func (s *sideState) close() {
+	if s.nl != nil {
+		s.nl.Close()
+	}
+	if s.ns.IsOpen() {
+		_ = s.ns.Close()
+	}
+}
+
+// connect creates or refreshes c and reports whether it had to create or
+// reinstall anything (false: everything was there and only L3 settings
+// were brought in line).
+func (d *Dataplane) connect(ctx context.Context, c *Conn) (changed bool, err error) {
+	log := d.log.With("conn_id", c.ID)
+	sides := []*sideState{
+		{kind: forwarder.SideClient, side: &c.Client},
+		{kind: forwarder.SideEndpoint, side: &c.Endpoint},
+	}
+	defer func() {
+		for _, s := range sides {
+			s.close()
+		}
+	}()
+	for _, s := range sides {
+		if s.side.Mechanism.Type != forwarder.MechanismKernel {
+			return false, forwarder.Errorf(forwarder.CodeInvalidArgument, paramsField(s.kind)[:len(paramsField(s.kind))-len("parameters.")]+"type",
+				"mechanism %q is not %s", s.side.Mechanism.Type, forwarder.MechanismKernel)
+		}
+		if s.ns, err = resolveSide(s.kind, s.side.Mechanism); err != nil {
+			return false, err
+		}
+		s.ifName = s.side.Mechanism.Param(forwarder.ParamIfName)
+		if s.ifName == "" {
+			s.ifName = defaultIfName(d.opts.Name, c.ID, s.kind)
+			if s.side.Mechanism.Params == nil {
+				s.side.Mechanism.Params = make(map[string]string)
+			}
+			s.side.Mechanism.Params[forwarder.ParamIfName] = s.ifName
+		}
+		if err := forwarder.ValidateIfName(s.ifName); err != nil {
+			return false, &forwarder.Error{Code: forwarder.CodeInvalidArgument, Field: paramsField(s.kind) + forwarder.ParamIfName, Err: err}
+		}
+		s.hostName = hostIfName(d.opts.Name, c.ID, s.kind)
+		s.alias = linkAlias(d.opts.Name, c.ID, s.kind)
+		if s.sameNS, err = inetns.Same(s.ns, d.hostNS); err != nil {
+			return false, err
+		}
+		if s.nl, err = netlink.NewHandleAt(s.ns); err != nil {
+			return false, fmt.Errorf("connect %s: netlink handle: %w", s.kind, err)
+		}
+	}
+
+	pinDir := connPinDir(d.opts.PinDir, d.opts.Name, c.ID)
+	installed := false
+	defer func() {
+		if err == nil {
+			return
+		}
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+		defer cancel()
+		var errs []error
+		for _, s := range sides {
+			if s.created && s.host != nil {
+				if derr := d.host.LinkDel(s.host); derr != nil && !isNotFound(derr) {
+					errs = append(errs, derr)
+				}
+			}
+		}
+		if installed {
+			errs = append(errs, xconnect.Remove(d.xopts(pinDir)))
+		}
+		if rerr := errors.Join(errs...); rerr != nil {
+			log.ErrorContext(rctx, "connect rollback incomplete", "error", rerr)
+		}
+	}()
+
+	ipMode := c.Payload == forwarder.PayloadIP
+	reinstall := false
+	for _, s := range sides {
+		if err := d.ensurePair(s, c.MTU); err != nil {
+			return changed || s.created, err
+		}
+		if s.created {
+			changed = true
+			reinstall = true
+		}
+		flip, err := d.configurePeer(s, c.MTU, ipMode)
+		if err != nil {
+			return changed, err
+		}
+		reinstall = reinstall || flip
+		if err := d.configureHost(s, c.MTU); err != nil {
+			return changed, err
+		}
+	}
+
+	cfg := xconnect.Config{
+		ClientIfindex:   sides[0].host.Attrs().Index,
+		EndpointIfindex: sides[1].host.Attrs().Index,
+		RedirectPeer:    !sides[0].sameNS && !sides[1].sameNS,
+		IPMode:          ipMode,
+		ClientMAC:       sides[0].peer.Attrs().HardwareAddr,
+		EndpointMAC:     sides[1].peer.Attrs().HardwareAddr,
+	}
+	if !reinstall {
+		x, oerr := xconnect.Open(pinDir)
+		if oerr == nil {
+			verr := x.Verify(d.xopts(pinDir).HostNS, cfg.ClientIfindex, cfg.EndpointIfindex)
+			_ = x.Close()
+			if verr != nil {
+				log.InfoContext(ctx, "cross-connect incomplete, reinstalling", "reason", verr)
+				reinstall = true
+			}
+		} else {
+			reinstall = true
+		}
+	}
+	if reinstall {
+		x, err := xconnect.Install(xconnect.Options{PinDir: pinDir, Mode: d.mode, HostNS: d.xopts(pinDir).HostNS}, cfg)
+		if err != nil {
+			return changed, fmt.Errorf("connect: %w", err)
+		}
+		installed = true
+		changed = true
+		log.DebugContext(ctx, "cross-connect installed", "mode", x.Mode, "redirect_peer", cfg.RedirectPeer, "ip_mode", cfg.IPMode)
+		_ = x.Close()
+	}
+	return changed, nil
+}
+
+// xopts are the xconnect options of a connection; the host namespace is
+// passed only when it is not the process's own.
+func (d *Dataplane) xopts(pinDir string) xconnect.Options {
+	o := xconnect.Options{PinDir: pinDir, Mode: d.mode, HostNS: netns.None()}
+	if !d.hostSelf {
+		o.HostNS = d.hostNS
+	}
+	return o
+}
+
+// ensurePair finds or creates the veth pair of one side.
+func (d *Dataplane) ensurePair(s *sideState, mtu uint32) error {
+	host, err := d.host.LinkByName(s.hostName)
+	if err != nil && !isNotFound(err) {
+		return fmt.Errorf("connect %s: host end %s: %w", s.kind, s.hostName, err)
+	}
+	peer, perr := s.nl.LinkByName(s.ifName)
+	if perr != nil && !isNotFound(perr) {
+		return fmt.Errorf("connect %s: link %s: %w", s.kind, s.ifName, perr)
+	}
+	if host != nil {
+		// Intact only if the peer in the wanted namespace is this host
+		// end's peer; otherwise (namespace or name changed, peer deleted)
+		// start over.
+		if host.Attrs().Alias == s.alias && peer != nil && peer.Attrs().Alias == s.alias &&
+			peer.Attrs().ParentIndex == host.Attrs().Index && host.Attrs().ParentIndex == peer.Attrs().Index {
+			s.host, s.peer = host, peer
+			return nil
+		}
+		if host.Attrs().Alias != s.alias {
+			return forwarder.Errorf(forwarder.CodeAlreadyExists, "", "host interface %s exists and is not owned by this connection", s.hostName)
+		}
+		if err := d.host.LinkDel(host); err != nil && !isNotFound(err) {
+			return fmt.Errorf("connect %s: delete stale host end %s: %w", s.kind, s.hostName, err)
+		}
+		if peer, perr = s.nl.LinkByName(s.ifName); perr != nil && !isNotFound(perr) {
+			return fmt.Errorf("connect %s: link %s: %w", s.kind, s.ifName, perr)
+		}
+	}
+	if peer != nil {
+		if peer.Attrs().Alias != s.alias {
+			return forwarder.Errorf(forwarder.CodeAlreadyExists, paramsField(s.kind)+forwarder.ParamIfName,
+				"interface %q already exists in network namespace %s", s.ifName, s.side.Mechanism.Param(forwarder.ParamNetNSURL))
+		}
+		if err := s.nl.LinkDel(peer); err != nil && !isNotFound(err) {
+			return fmt.Errorf("connect %s: delete stale %s: %w", s.kind, s.ifName, err)
+		}
+	}
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: s.hostName, Alias: s.alias, MTU: int(mtu)},
+		PeerName:      s.ifName,
+		PeerNamespace: netlink.NsFd(int(s.ns)),
+		PeerMTU:       mtu,
+	}
+	if err := d.host.LinkAdd(veth); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return forwarder.Errorf(forwarder.CodeAlreadyExists, paramsField(s.kind)+forwarder.ParamIfName,
+				"interface %q or %q already exists", s.ifName, s.hostName)
+		}
+		return fmt.Errorf("connect %s: create veth %s/%s: %w", s.kind, s.hostName, s.ifName, err)
+	}
+	s.created = true
+	if s.host, err = d.host.LinkByName(s.hostName); err != nil {
+		return fmt.Errorf("connect %s: host end %s: %w", s.kind, s.hostName, err)
+	}
+	if s.host.Attrs().Alias != s.alias { // LinkAdd does not set a veth's alias
+		if err := d.host.LinkSetAlias(s.host, s.alias); err != nil {
+			return fmt.Errorf("connect %s: host end alias: %w", s.kind, err)
+		}
+	}
+	if s.peer, err = s.nl.LinkByName(s.ifName); err != nil {
+		return fmt.Errorf("connect %s: link %s: %w", s.kind, s.ifName, err)
+	}
+	return nil
+}
+
+// configureHost brings the host end up; no IPv6 link-local address or
+// autoconf on it: it is a wire, not an interface of the host.
+func (d *Dataplane) configureHost(s *sideState, mtu uint32) error {
+	a := s.host.Attrs()
+	if s.created {
+		// IN6_ADDR_GEN_MODE_NONE; fails harmlessly where IPv6 is off.
+		_ = d.host.LinkSetIP6AddrGenMode(s.host, 1)
+	}
+	if mtu > 0 && a.MTU != int(mtu) {
+		if err := d.host.LinkSetMTU(s.host, int(mtu)); err != nil {
+			return fmt.Errorf("connect %s: host end mtu: %w", s.kind, err)
+		}
+	}
+	if a.Flags&netFlagUp == 0 {
+		if err := d.host.LinkSetUp(s.host); err != nil {
+			return fmt.Errorf("connect %s: host end up: %w", s.kind, err)
+		}
+	}
+	return nil
+}
+
+// configurePeer applies alias, MTU, ARP mode, state and L3 settings to the
+// in-namespace end. flipped reports an ARP mode change (payload change),
+// which needs the program reloaded.
+func (d *Dataplane) configurePeer(s *sideState, mtu uint32, ipMode bool) (flipped bool, err error) {
+	h, l := s.nl, s.peer
+	a := l.Attrs()
+	if a.Alias != s.alias {
+		if err := h.LinkSetAlias(l, s.alias); err != nil {
+			return false, fmt.Errorf("connect %s: alias: %w", s.kind, err)
+		}
+	}
+	if mtu > 0 && a.MTU != int(mtu) {
+		if err := h.LinkSetMTU(l, int(mtu)); err != nil {
+			return false, fmt.Errorf("connect %s: mtu: %w", s.kind, err)
+		}
+	}
+	noarp := a.RawFlags&unix.IFF_NOARP != 0
+	if noarp != ipMode {
+		flipped = !s.created
+		if ipMode {
+			err = h.LinkSetARPOff(l)
+		} else {
+			err = h.LinkSetARPOn(l)
+		}
+		if err != nil {
+			return false, fmt.Errorf("connect %s: arp mode: %w", s.kind, err)
+		}
+	}
+	if a.Flags&netFlagUp == 0 {
+		if err := h.LinkSetUp(l); err != nil {
+			return false, fmt.Errorf("connect %s: link up: %w", s.kind, err)
+		}
+	}
+	if err := syncAddrs(h, l, s.side.IP.Addrs); err != nil {
+		return false, fmt.Errorf("connect %s: %w", s.kind, err)
+	}
+	if err := syncRoutes(h, l, s.side.IP.Routes); err != nil {
+		return false, fmt.Errorf("connect %s: %w", s.kind, err)
+	}
+	if err := syncNeighbors(h, l, s.side.IP.Neighbors); err != nil {
+		return false, fmt.Errorf("connect %s: %w", s.kind, err)
+	}
+	return flipped, nil
+}
+
+// Disconnect implements forwarder.Dataplane.
+func (d *Dataplane) Disconnect(ctx context.Context, id string) error {
+	unlock := d.locks.lock(id)
+	defer unlock()
+	return d.remove(ctx, id)
+}
+
+func (d *Dataplane) remove(_ context.Context, id string) error {
+	var errs []error
+	var ifindexes []int
+	for _, side := range []forwarder.SideKind{forwarder.SideClient, forwarder.SideEndpoint} {
+		l, err := d.host.LinkByName(hostIfName(d.opts.Name, id, side))
+		if err != nil {
+			if !isNotFound(err) {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		if l.Attrs().Alias != linkAlias(d.opts.Name, id, side) {
+			continue // not ours
+		}
+		ifindexes = append(ifindexes, l.Attrs().Index)
+		// The peer goes with it, in whatever namespace it is.
+		if err := d.host.LinkDel(l); err != nil && !isNotFound(err) {
+			errs = append(errs, fmt.Errorf("disconnect: delete %s: %w", l.Attrs().Name, err))
+		}
+	}
+	errs = append(errs, xconnect.Remove(d.xopts(connPinDir(d.opts.PinDir, d.opts.Name, id))))
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("disconnect %q: %w", id, err)
+	}
+	return nil
+}
+
+// Stats implements forwarder.Dataplane.
+func (d *Dataplane) Stats(_ context.Context, id string) (forwarder.Stats, error) {
+	x, err := xconnect.Open(connPinDir(d.opts.PinDir, d.opts.Name, id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return forwarder.Stats{}, forwarder.Errorf(forwarder.CodeNotFound, "", "connection %q: no datapath", id)
+	}
+	if err != nil {
+		return forwarder.Stats{}, fmt.Errorf("stats %q: %w", id, err)
+	}
+	defer x.Close()
+	return x.ReadStats()
+}
+
+// Reconcile implements forwarder.Dataplane. It needs no in-memory state:
+// owned objects are found by link alias and pin directory.
+func (d *Dataplane) Reconcile(ctx context.Context, wanted []*forwarder.Conn) (forwarder.ReconcileResult, error) {
+	res := forwarder.ReconcileResult{Failed: map[string]error{}}
+	owned := map[string]bool{}
+	links, err := listLinks(d.host)
+	if err != nil {
+		return res, fmt.Errorf("reconcile: %w", err)
+	}
+	for _, l := range links {
+		if id, _, ok := parseAlias(d.opts.Name, l.Attrs().Alias); ok {
+			owned[id] = true
+		}
+	}
+	root := filepath.Join(d.opts.PinDir, d.opts.Name)
+	entries, err := os.ReadDir(root)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return res, fmt.Errorf("reconcile: %w", err)
+	}
+	dirs := map[string]bool{}
+	for _, e := range entries {
+		if e.IsDir() {
+			dirs[e.Name()] = true
+		}
+	}
+
+	want := map[string]bool{}
+	for _, c := range wanted {
+		want[c.ID] = true
+		delete(dirs, pinDirName(c.ID))
+		unlock := d.locks.lock(c.ID)
+		changed, err := d.connect(ctx, c)
+		if err != nil {
+			res.Failed[c.ID] = err
+			if rerr := d.remove(ctx, c.ID); rerr != nil {
+				res.Failed[c.ID] = errors.Join(err, rerr)
+			}
+		} else if changed {
+			res.Rebuilt = append(res.Rebuilt, c.ID)
+		} else {
+			res.Adopted = append(res.Adopted, c.ID)
+		}
+		unlock()
+	}
+	var errs []error
+	for id := range owned {
+		delete(dirs, pinDirName(id))
+		if want[id] {
+			continue
+		}
+		unlock := d.locks.lock(id)
+		if err := d.remove(ctx, id); err != nil {
+			errs = append(errs, err)
+		} else {
+			res.Removed = append(res.Removed, id)
+		}
+		unlock()
+	}
+	// Pin directories without links: the id may be unreadable (hashed).
+	for dir := range dirs {
+		if err := xconnect.Remove(d.xopts(filepath.Join(root, dir))); err != nil {
+			errs = append(errs, err)
+		} else {
+			res.Removed = append(res.Removed, dir)
+		}
+	}
+	if len(res.Failed) == 0 {
+		res.Failed = nil
+	}
+	return res, errors.Join(errs...)
+}

@@ -1,0 +1,344 @@
+// Package conformance is the scenario suite every nsmfwd dataplane passes:
+// the same Request / ping / refresh / Close / expiry / Monitor / bad-input /
+// restart / scale scenarios, driven through the real NSM gRPC API against
+// real namespaces. A dataplane's test calls Run with a Harness.
+package conformance
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/networkservicemesh/api/pkg/api/networkservice"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/nsmfwd/nsmfwd/controlplane"
+	"github.com/nsmfwd/nsmfwd/controlplane/endpoint"
+	"github.com/nsmfwd/nsmfwd/controlplane/nsc"
+	"github.com/nsmfwd/nsmfwd/forwarder"
+	"github.com/nsmfwd/nsmfwd/internal/netns/nstest"
+)
+
+// Harness describes the dataplane under test.
+type Harness struct {
+	// NewDataplane returns a fresh dataplane instance named name whose
+	// node-side objects live in the namespace at hostNS. It is called again
+	// with the same arguments to simulate a forwarder restart.
+	NewDataplane func(t testing.TB, hostNS, name string) forwarder.Dataplane
+	// Payloads lists the payloads to test (default ETHERNET and IP).
+	Payloads []forwarder.Payload
+	// ScaleConnections is how many concurrent connections the scale
+	// scenario builds (default 100; 0 keeps the default, <0 skips it).
+	ScaleConnections int
+}
+
+// env is one scenario's world: a node namespace holding the forwarder's
+// side, a client and an endpoint namespace, an endpoint and a forwarder
+// serving on unix sockets, and an NSC-like client.
+type env struct {
+	t        *testing.T
+	h        Harness
+	name     string
+	dir      string
+	node     nsInfo
+	client   nsInfo
+	endpoint nsInfo
+
+	epSock  string
+	fwdSock string
+
+	ep       *endpoint.Endpoint
+	epServer *grpc.Server
+
+	fwd    *fwdInstance
+	cc     *grpc.ClientConn
+	nsc    networkservice.NetworkServiceClient
+	mon    networkservice.MonitorConnectionClient
+	before snapshot
+}
+
+type nsInfo struct{ name, path string }
+
+type fwdInstance struct {
+	dp    forwarder.Dataplane
+	srv   *controlplane.Server
+	gs    *grpc.Server
+	next  *grpc.ClientConn
+	store *forwarder.Store
+}
+
+// snapshot is what must be identical before a scenario and after its
+// teardown: links in each namespace involved and BPF programs machine-wide.
+type snapshot struct {
+	links map[string][]string
+	progs []uint32
+}
+
+const ctlTimeout = 30 * time.Second
+
+// envOption changes how newEnv builds the world.
+type envOption func(*envConfig)
+
+type envConfig struct{ endpointNetNSURL string }
+
+// withEndpointNetNSURL makes the endpoint announce url as its namespace.
+func withEndpointNetNSURL(url string) envOption {
+	return func(c *envConfig) { c.endpointNetNSURL = url }
+}
+
+// serviceName is the only network service the scenario endpoint serves.
+const serviceName = "icmp-responder"
+
+func newEnv(t *testing.T, h Harness, opts ...envOption) *env {
+	t.Helper()
+	var cfg envConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
+	nstest.RequireRoot(t)
+	e := &env{t: t, h: h, dir: t.TempDir()}
+	e.name = fmt.Sprintf("fwd-%d", time.Now().UnixNano()%1e9)
+	for _, ns := range []*nsInfo{&e.node, &e.client, &e.endpoint} {
+		ns.name, ns.path = nstest.New(t)
+	}
+	e.before = e.snapshot()
+
+	// The endpoint: an NSE whose namespace is the endpoint namespace,
+	// named by inode URL exactly as NSM's grpcfd would send it.
+	epURL, err := nsc.InodeURL(e.endpoint.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.endpointNetNSURL != "" {
+		epURL = cfg.endpointNetNSURL
+	}
+	ep, err := endpoint.New(endpoint.Options{
+		Name:           "nse-" + e.name,
+		NetworkService: serviceName,
+		CIDRs:    []netip.Prefix{netip.MustParsePrefix("169.254.0.0/16"), netip.MustParsePrefix("fd00:5::/112")},
+		NetNSURL: epURL,
+		Logger:   testLogger(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.epSock = filepath.Join(e.dir, "nse.sock")
+	epServer := grpc.NewServer()
+	ep.Register(epServer)
+	serveUnix(t, epServer, e.epSock)
+	t.Cleanup(ep.Shutdown)
+	e.ep, e.epServer = ep, epServer
+
+	e.fwdSock = filepath.Join(e.dir, "fwd.sock")
+	e.startForwarder()
+	cc, err := grpc.NewClient("unix://"+e.fwdSock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cc.Close() })
+	e.cc = cc
+	e.nsc = networkservice.NewNetworkServiceClient(cc)
+	e.mon = networkservice.NewMonitorConnectionClient(cc)
+	return e
+}
+
+func testLogger(t testing.TB) *slog.Logger {
+	if os.Getenv("NSMFWD_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("test", t.Name())
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func serveUnix(t *testing.T, gs *grpc.Server, path string) {
+	t.Helper()
+	lis, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = gs.Serve(lis) }()
+	t.Cleanup(func() { gs.Stop(); <-done })
+}
+
+// startForwarder starts a forwarder instance (dataplane + control plane) on
+// the state directory of the scenario; called again after stopForwarder it
+// is a restart.
+func (e *env) startForwarder() {
+	t := e.t
+	t.Helper()
+	store, err := forwarder.OpenStore(filepath.Join(e.dir, "state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dp := e.h.NewDataplane(t, e.node.path, e.name)
+	next, err := grpc.NewClient("unix://"+e.epSock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := controlplane.New(controlplane.Options{
+		Name:             e.name,
+		Dataplane:        dp,
+		NextHop:          networkservice.NewNetworkServiceClient(next),
+		Store:            store,
+		MaxTokenLifetime: time.Minute,
+		Logger:           testLogger(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), ctlTimeout)
+	defer cancel()
+	if err := srv.Start(ctx); err != nil {
+		t.Fatalf("forwarder start: %v", err)
+	}
+	gs := grpc.NewServer()
+	srv.Register(gs)
+	_ = os.Remove(e.fwdSock)
+	lis, err := net.Listen("unix", e.fwdSock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = gs.Serve(lis) }()
+	inst := &fwdInstance{dp: dp, srv: srv, gs: gs, next: next, store: store}
+	e.fwd = inst
+	t.Cleanup(func() { e.stopInstance(inst) })
+}
+
+// stopForwarder stops the forwarder the way a crash does as far as the
+// node is concerned: no Close, no teardown; the datapath stays.
+func (e *env) stopForwarder() {
+	e.stopInstance(e.fwd)
+}
+
+func (e *env) stopInstance(inst *fwdInstance) {
+	if inst == nil || inst.gs == nil {
+		return
+	}
+	inst.gs.Stop()
+	inst.srv.Shutdown()
+	_ = inst.next.Close()
+	_ = inst.dp.Close()
+	inst.gs = nil
+}
+
+func (e *env) snapshot() snapshot {
+	s := snapshot{links: map[string][]string{}}
+	for _, ns := range []nsInfo{e.node, e.client, e.endpoint} {
+		l := nstest.Links(e.t, ns.path)
+		slices.Sort(l)
+		s.links[ns.name] = l
+	}
+	s.progs = nstest.BPFProgIDs(e.t)
+	slices.Sort(s.progs)
+	return s
+}
+
+// requireClean fails unless links and BPF programs are as before the
+// scenario. Teardown is asynchronous in the kernel (RCU), so it polls
+// briefly.
+func (e *env) requireClean(what string) {
+	e.t.Helper()
+	var now snapshot
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		now = e.snapshot()
+		if e.sameAsBefore(now) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !e.sameAsBefore(now) {
+		e.t.Fatalf("%s: left behind:\nlinks before %v\nlinks after  %v\nBPF programs before %v\nBPF programs after  %v",
+			what, e.before.links, now.links, e.before.progs, now.progs)
+	}
+}
+
+func (e *env) sameAsBefore(now snapshot) bool {
+	for k, v := range e.before.links {
+		if !slices.Equal(v, now.links[k]) {
+			return false
+		}
+	}
+	return slices.Equal(e.before.progs, now.progs)
+}
+
+func (e *env) ctx() context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), ctlTimeout)
+	e.t.Cleanup(cancel)
+	return ctx
+}
+
+// request connects an NSC in the client namespace.
+func (e *env) request(opts nsc.RequestOptions) (*networkservice.Connection, error) {
+	if opts.NetNSURL == "" {
+		opts.NetNSURL = nsc.NetNSURLFromPath(e.client.path)
+	}
+	if opts.NetworkService == "" {
+		opts.NetworkService = serviceName
+	}
+	return nsc.Request(e.ctx(), e.nsc, opts)
+}
+
+func (e *env) mustRequest(opts nsc.RequestOptions) *networkservice.Connection {
+	e.t.Helper()
+	conn, err := e.request(opts)
+	if err != nil {
+		e.t.Fatalf("Request: %v", err)
+	}
+	return conn
+}
+
+// ping sends count pings from namespace ns to addr and fails the test
+// unless all are answered.
+func (e *env) ping(ns nsInfo, addr netip.Addr) {
+	e.t.Helper()
+	if err := e.tryPing(ns, addr); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func (e *env) tryPing(ns nsInfo, addr netip.Addr) error {
+	out, err := nstest.Exec(e.t, ns.name, "ping", "-c", "3", "-i", "0.2", "-W", "2", addr.String())
+	if err != nil {
+		return fmt.Errorf("ping %s from %s: %w\n%s", addr, ns.name, err, out)
+	}
+	return nil
+}
+
+// addrs returns the client's and the endpoint's addresses of family v6.
+func addrs(t testing.TB, conn *networkservice.Connection, v6 bool) (client, ep netip.Addr) {
+	t.Helper()
+	pick := func(list []string) netip.Addr {
+		for _, s := range list {
+			p, err := netip.ParsePrefix(s)
+			if err == nil && p.Addr().Is6() == v6 {
+				return p.Addr()
+			}
+		}
+		t.Fatalf("no IPv6=%v address in %v", v6, list)
+		return netip.Addr{}
+	}
+	ipc := conn.GetContext().GetIpContext()
+	return pick(ipc.GetSrcIpAddrs()), pick(ipc.GetDstIpAddrs())
+}
+
+func fwdSegment(conn *networkservice.Connection, name string) *networkservice.PathSegment {
+	for _, s := range conn.GetPath().GetPathSegments() {
+		if s.GetName() == name {
+			return s
+		}
+	}
+	return nil
+}
+
+func hasPrefix(list []string, prefix string) bool {
+	return slices.ContainsFunc(list, func(s string) bool { return strings.HasPrefix(s, prefix) })
+}

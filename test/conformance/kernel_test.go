@@ -1,0 +1,40 @@
+package conformance
+
+import (
+	"context"
+	"testing"
+
+	"github.com/nsmfwd/nsmfwd/ebpf/kernel"
+	"github.com/nsmfwd/nsmfwd/forwarder"
+)
+
+func kernelHarness(attach string) Harness {
+	return Harness{
+		NewDataplane: func(t testing.TB, hostNS, name string) forwarder.Dataplane {
+			dp, err := kernel.New(context.Background(), kernel.Options{
+				Name:      name,
+				HostNetNS: hostNS,
+				Attach:    attach,
+				Logger:    testLogger(t),
+			})
+			if err != nil {
+				t.Fatalf("kernel dataplane: %v", err)
+			}
+			return dp
+		},
+	}
+}
+
+// TestKernel runs the suite on the kernel dataplane with its default attach
+// mode (tcx on this kernel).
+func TestKernel(t *testing.T) { Run(t, kernelHarness("auto")) }
+
+// TestKernelClsact runs the ping scenarios with the clsact fallback that
+// kernels without tcx use.
+func TestKernelClsact(t *testing.T) {
+	h := kernelHarness("tc")
+	h.ScaleConnections = -1
+	t.Run("PingBothWays/ETHERNET", func(t *testing.T) { testPing(t, h, forwarder.PayloadEthernet) })
+	t.Run("PingBothWays/IP", func(t *testing.T) { testPing(t, h, forwarder.PayloadIP) })
+	t.Run("Restart", func(t *testing.T) { testRestart(t, h) })
+}
