@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 )
@@ -68,21 +69,9 @@ func checkHostPort(hostport string) error {
 // credentials and waits up to timeout for the connection to be ready.
 // TODO: SPIFFE mTLS.
 func Dial(ctx context.Context, rawURL string, timeout time.Duration, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
-	network, address, err := ParseURL(rawURL)
+	cc, err := NewClient(rawURL, opts...)
 	if err != nil {
 		return nil, err
-	}
-	var target string
-	switch network {
-	case "unix":
-		target = "unix://" + address
-	default:
-		target = "passthrough:///" + address
-	}
-	opts = append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)
-	cc, err := grpc.NewClient(target, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", rawURL, err)
 	}
 	if timeout > 0 {
 		var cancel context.CancelFunc
@@ -100,4 +89,32 @@ func Dial(ctx context.Context, rawURL string, timeout time.Duration, opts ...grp
 			return nil, fmt.Errorf("dial %s: %w (last state %s)", rawURL, ctx.Err(), st)
 		}
 	}
+}
+
+// NewClient returns a client connection to an NSM URL without waiting for
+// it: calls fail fast with Unavailable while the peer is down and succeed
+// once it is up, as a forwarder that starts before its NSMgr needs.
+func NewClient(rawURL string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
+	network, address, err := ParseURL(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	target := "passthrough:///" + address
+	if network == "unix" {
+		target = "unix://" + address
+	}
+	opts = append([]grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// A next hop that comes back (NSMgr restarted) is found again within
+		// ~2 s instead of grpc's default backoff of up to two minutes.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		}),
+	}, opts...)
+	cc, err := grpc.NewClient(target, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", rawURL, err)
+	}
+	return cc, nil
 }

@@ -81,7 +81,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- net.Add
 	e.Register(s)
 	errc := make(chan error, 1)
 	go func() { errc <- s.Serve(l) }()
-	log.Info("nse serving", "listen_on", cfg.ListenOn.String(), "name", cfg.Name,
+	log.InfoContext(ctx, "nse serving", "listen_on", cfg.ListenOn.String(), "name", cfg.Name,
 		"services", cfg.ServiceNames, "cidrs", cfg.CIDRPrefix)
 	if ready != nil {
 		ready <- l.Addr()
@@ -92,7 +92,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- net.Add
 		return fmt.Errorf("serve %s: %w", cfg.ListenOn, err)
 	case <-ctx.Done():
 	}
-	log.Info("nse stopping")
+	log.InfoContext(ctx, "nse stopping")
 	stopped := make(chan struct{})
 	go func() {
 		s.GracefulStop()

@@ -107,7 +107,12 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 	next, err := controlplane.Dial(ctx, cfg.ConnectTo, cfg.DialTimeout)
 	if err != nil {
-		return fmt.Errorf("next hop %s: %w", cfg.ConnectTo, err)
+		// The forwarder serves anyway: Requests get Unavailable until the
+		// next hop (usually NSMgr, which may start later) is reachable.
+		log.WarnContext(ctx, "next hop not reachable yet; serving anyway", "connect_to", cfg.ConnectTo, "error", err)
+		if next, err = controlplane.NewClient(cfg.ConnectTo); err != nil {
+			return fmt.Errorf("config: NSM_CONNECT_TO: %w", err)
+		}
 	}
 	defer next.Close()
 
@@ -140,7 +145,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 	errc := make(chan error, 1)
 	go func() { errc <- gs.Serve(lis) }()
-	log.Info("nsmfwd serving", "listen_on", cfg.ListenOn, "connect_to", cfg.ConnectTo,
+	log.InfoContext(ctx, "nsmfwd serving", "listen_on", cfg.ListenOn, "connect_to", cfg.ConnectTo,
 		"dataplane", dp.Name(), "state_dir", cfg.StateDir)
 
 	select {
@@ -148,7 +153,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
-	log.Info("shutting down; vWires stay in place")
+	log.InfoContext(ctx, "shutting down; vWires stay in place")
 	done := make(chan struct{})
 	go func() { gs.GracefulStop(); close(done) }()
 	select {

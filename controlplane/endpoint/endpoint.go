@@ -204,7 +204,7 @@ func (e *Endpoint) Shutdown() {
 }
 
 // Request accepts or refreshes a connection.
-func (e *Endpoint) Request(_ context.Context, req *networkservice.NetworkServiceRequest) (*networkservice.Connection, error) {
+func (e *Endpoint) Request(ctx context.Context, req *networkservice.NetworkServiceRequest) (*networkservice.Connection, error) {
 	conn := req.GetConnection().Clone()
 	if conn == nil {
 		conn = &networkservice.Connection{}
@@ -256,14 +256,14 @@ func (e *Endpoint) Request(_ context.Context, req *networkservice.NetworkService
 	l, refresh, err := e.leaseLocked(id, conn.GetContext().GetIpContext())
 	if err != nil {
 		e.mu.Unlock()
-		log.Warn("request refused", "error", err)
+		log.WarnContext(ctx, "request refused", "error", err)
 		return nil, err
 	}
 	e.applyLocked(conn, l)
 	e.armLocked(id, l, callerExpires.Sub(now))
 	e.mu.Unlock()
 
-	log.Info("request", "refresh", refresh, "network_service", conn.GetNetworkService(),
+	log.InfoContext(ctx, "request", "refresh", refresh, "network_service", conn.GetNetworkService(),
 		"ifname", mech.GetParameters()[forwarder.ParamIfName],
 		"src", conn.GetContext().GetIpContext().GetSrcIpAddrs(), "dst", conn.GetContext().GetIpContext().GetDstIpAddrs(),
 		"expires", callerExpires)
@@ -274,7 +274,7 @@ func (e *Endpoint) Request(_ context.Context, req *networkservice.NetworkService
 
 // Close releases the connection's addresses. An unknown connection is not
 // an error.
-func (e *Endpoint) Close(_ context.Context, conn *networkservice.Connection) (*emptypb.Empty, error) {
+func (e *Endpoint) Close(ctx context.Context, conn *networkservice.Connection) (*emptypb.Empty, error) {
 	id, ok := nsmpath.Find(conn, e.name)
 	if !ok {
 		return &emptypb.Empty{}, nil
@@ -282,7 +282,7 @@ func (e *Endpoint) Close(_ context.Context, conn *networkservice.Connection) (*e
 	e.mu.Lock()
 	released := e.releaseLocked(id)
 	e.mu.Unlock()
-	e.log.Info("close", "conn_id", id, "known", released)
+	e.log.InfoContext(ctx, "close", "conn_id", id, "known", released)
 	return &emptypb.Empty{}, nil
 }
 

@@ -10,12 +10,13 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/nsmfwd/nsmfwd/ebpf/xconnect"
-	"github.com/nsmfwd/nsmfwd/forwarder"
-	inetns "github.com/nsmfwd/nsmfwd/internal/netns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/nsmfwd/nsmfwd/ebpf/xconnect"
+	"github.com/nsmfwd/nsmfwd/forwarder"
+	inetns "github.com/nsmfwd/nsmfwd/internal/netns"
 )
 
 // Options configure a Dataplane.
@@ -547,7 +548,6 @@ func (d *Dataplane) Disconnect(ctx context.Context, id string) error {
 
 func (d *Dataplane) remove(_ context.Context, id string) error {
 	var errs []error
-	var ifindexes []int
 	for _, side := range []forwarder.SideKind{forwarder.SideClient, forwarder.SideEndpoint} {
 		l, err := d.host.LinkByName(hostIfName(d.opts.Name, id, side))
 		if err != nil {
@@ -559,7 +559,6 @@ func (d *Dataplane) remove(_ context.Context, id string) error {
 		if l.Attrs().Alias != linkAlias(d.opts.Name, id, side) {
 			continue // not ours
 		}
-		ifindexes = append(ifindexes, l.Attrs().Index)
 		// The peer goes with it, in whatever namespace it is.
 		if err := d.host.LinkDel(l); err != nil && !isNotFound(err) {
 			errs = append(errs, fmt.Errorf("disconnect: delete %s: %w", l.Attrs().Name, err))

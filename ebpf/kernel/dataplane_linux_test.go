@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -14,12 +15,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nsmfwd/nsmfwd/forwarder"
-	"github.com/nsmfwd/nsmfwd/internal/netns/nstest"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
+
+	"github.com/nsmfwd/nsmfwd/forwarder"
+	"github.com/nsmfwd/nsmfwd/internal/netns/nstest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -328,7 +330,7 @@ func TestCheck(t *testing.T) {
 				}
 				return
 			}
-			fe, ok := err.(*forwarder.Error)
+			fe, ok := errors.AsType[*forwarder.Error](err)
 			if !ok || fe.Code != tc.code || fe.Field != tc.field {
 				t.Fatalf("Check = %#v (%v), want code %v field %q", err, err, tc.code, tc.field)
 			}
@@ -338,7 +340,7 @@ func TestCheck(t *testing.T) {
 		})
 	}
 	err := d.Check(ctx, "c1", forwarder.SideEndpoint, mech("file:///etc/passwd", "x"))
-	if fe, ok := err.(*forwarder.Error); !ok || !strings.HasPrefix(fe.Field, "endpoint.") {
+	if fe, ok := errors.AsType[*forwarder.Error](err); !ok || !strings.HasPrefix(fe.Field, "endpoint.") {
 		t.Errorf("endpoint side Check = %v, want an endpoint field", err)
 	}
 	onlyLo(t, e.hostPath)

@@ -6,9 +6,10 @@ import (
 	"net"
 	"net/netip"
 
-	"github.com/nsmfwd/nsmfwd/forwarder"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/nsmfwd/nsmfwd/forwarder"
 )
 
 const netFlagUp = net.FlagUp

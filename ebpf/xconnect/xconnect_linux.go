@@ -10,11 +10,12 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"github.com/nsmfwd/nsmfwd/forwarder"
-	inetns "github.com/nsmfwd/nsmfwd/internal/netns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/nsmfwd/nsmfwd/forwarder"
+	inetns "github.com/nsmfwd/nsmfwd/internal/netns"
 )
 
 // Mode selects how the program is attached to the host ends.

@@ -4,8 +4,9 @@ import (
 	"net"
 	"testing"
 
-	"github.com/nsmfwd/nsmfwd/internal/netns/nstest"
 	"go.uber.org/goleak"
+
+	"github.com/nsmfwd/nsmfwd/internal/netns/nstest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

@@ -10,9 +10,10 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/nsmfwd/nsmfwd/forwarder"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/nsmfwd/nsmfwd/forwarder"
 )
 
 // Resolve opens the network namespace that ref names. The caller closes the

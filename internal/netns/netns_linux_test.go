@@ -6,12 +6,13 @@ import (
 	"runtime"
 	"testing"
 
-	"github.com/nsmfwd/nsmfwd/forwarder"
-	inetns "github.com/nsmfwd/nsmfwd/internal/netns"
-	"github.com/nsmfwd/nsmfwd/internal/netns/nstest"
 	"github.com/vishvananda/netns"
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
+
+	"github.com/nsmfwd/nsmfwd/forwarder"
+	inetns "github.com/nsmfwd/nsmfwd/internal/netns"
+	"github.com/nsmfwd/nsmfwd/internal/netns/nstest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

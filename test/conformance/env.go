@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -124,9 +123,9 @@ func newEnv(t *testing.T, h Harness, opts ...envOption) *env {
 	ep, err := endpoint.New(endpoint.Options{
 		Name:           "nse-" + e.name,
 		NetworkService: serviceName,
-		CIDRs:    []netip.Prefix{netip.MustParsePrefix("169.254.0.0/16"), netip.MustParsePrefix("fd00:5::/112")},
-		NetNSURL: epURL,
-		Logger:   testLogger(t),
+		CIDRs:          []netip.Prefix{netip.MustParsePrefix("169.254.0.0/16"), netip.MustParsePrefix("fd00:5::/112")},
+		NetNSURL:       epURL,
+		Logger:         testLogger(t),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -337,8 +336,4 @@ func fwdSegment(conn *networkservice.Connection, name string) *networkservice.Pa
 		}
 	}
 	return nil
-}
-
-func hasPrefix(list []string, prefix string) bool {
-	return slices.ContainsFunc(list, func(s string) bool { return strings.HasPrefix(s, prefix) })
 }

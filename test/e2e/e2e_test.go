@@ -18,7 +18,9 @@ import (
 
 	"github.com/networkservicemesh/api/pkg/api/networkservice"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/nsmfwd/nsmfwd/controlplane/nsc"
 	"github.com/nsmfwd/nsmfwd/internal/netns/nstest"
@@ -95,6 +97,7 @@ func (w *world) startForwarder() {
 		"NSM_CONNECT_TO=unix://" + filepath.Join(w.dir, "nse.sock"),
 		"NSM_STATE_DIR=" + filepath.Join(w.dir, "state"),
 		"NSM_LOG_LEVEL=DEBUG",
+		"NSM_DIAL_TIMEOUT=300ms",
 	}, "nsenter", "--net="+w.nodePath, filepath.Join(w.bin, "nsmfwd"))
 	waitSocket(w.t, sock)
 }
@@ -138,15 +141,9 @@ func TestSIGKILLRestart(t *testing.T) {
 	progsBefore := nstest.BPFProgIDs(t)
 	linksBefore := w.links()
 
-	start(t, w, "nse", []string{
-		"NSM_NAME=nse-" + w.name,
-		"NSM_LISTEN_ON=unix://" + filepath.Join(w.dir, "nse.sock"),
-		"NSM_SERVICE_NAMES=icmp-responder",
-		"NSM_CIDR_PREFIX=169.254.0.0/16",
-	}, "ip", "netns", "exec", w.endpoint, filepath.Join(w.bin, "nse"))
-	waitSocket(t, filepath.Join(w.dir, "nse.sock"))
+	// The forwarder starts before its next hop, as it may before NSMgr: it
+	// serves anyway and answers Unavailable until the next hop is up.
 	w.startForwarder()
-
 	cc, err := grpc.NewClient("unix://"+filepath.Join(w.dir, "fwd.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -155,12 +152,29 @@ func TestSIGKILLRestart(t *testing.T) {
 	client := networkservice.NewNetworkServiceClient(cc)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	reqOpts := func(i int) nsc.RequestOptions {
+		return nsc.RequestOptions{NetworkService: "icmp-responder", NetNSURL: nsc.NetNSURLFromPath(w.clientPath), IfName: fmt.Sprintf("nsm%d", i)}
+	}
+	if _, err := nsc.Request(ctx, client, reqOpts(0)); status.Code(err) != codes.Unavailable {
+		t.Fatalf("Request with the next hop down: got %v, want Unavailable", err)
+	}
+
+	start(t, w, "nse", []string{
+		"NSM_NAME=nse-" + w.name,
+		"NSM_LISTEN_ON=unix://" + filepath.Join(w.dir, "nse.sock"),
+		"NSM_SERVICE_NAMES=icmp-responder",
+		"NSM_CIDR_PREFIX=169.254.0.0/16",
+	}, "ip", "netns", "exec", w.endpoint, filepath.Join(w.bin, "nse"))
+	waitSocket(t, filepath.Join(w.dir, "nse.sock"))
 
 	var conns []*networkservice.Connection
 	for i := range 3 {
-		c, err := nsc.Request(ctx, client, nsc.RequestOptions{
-			NetworkService: "icmp-responder", NetNSURL: nsc.NetNSURLFromPath(w.clientPath), IfName: fmt.Sprintf("nsm%d", i),
-		})
+		c, err := nsc.Request(ctx, client, reqOpts(i))
+		// The forwarder reconnects to the next hop within its backoff (≤ 2 s).
+		for deadline := time.Now().Add(5 * time.Second); i == 0 && status.Code(err) == codes.Unavailable && time.Now().Before(deadline); {
+			time.Sleep(200 * time.Millisecond)
+			c, err = nsc.Request(ctx, client, reqOpts(i))
+		}
 		if err != nil {
 			t.Fatalf("Request %d: %v", i, err)
 		}
