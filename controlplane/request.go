@@ -11,6 +11,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/networkservicemesh/api/pkg/api/networkservice"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -82,7 +84,12 @@ func (s *Server) request(ctx context.Context, req *networkservice.NetworkService
 	next, err := s.next.Request(ctx, nreq)
 	if err != nil {
 		// Nothing was created on our side; on a refresh the existing
-		// connection stays as it is until it expires.
+		// connection stays as it is until it expires. A new Request that
+		// timed out may still have been served by the next hop after we
+		// gave up: close it there so it does not hold a ghost.
+		if c := status.Code(err); old == nil && (c == codes.DeadlineExceeded || c == codes.Canceled) {
+			s.closeNextHop(ctx, log, out)
+		}
 		return nil, nextHopError(err)
 	}
 

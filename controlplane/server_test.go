@@ -347,6 +347,24 @@ func TestNextHopFailure(t *testing.T) {
 	}
 }
 
+// A next hop that answers too late may have built the connection after we
+// gave up: it gets a Close so it holds no ghost.
+func TestNextHopTimeoutClosesNextHop(t *testing.T) {
+	e := newEnv(t, "", nil, nil)
+	e.nse.err = status.Error(codes.DeadlineExceeded, "too slow")
+	_, err := e.client.Request(t.Context(), newRequest("nsc-1", time.Minute))
+	if codeOf(err) != codes.DeadlineExceeded {
+		t.Fatalf("err %v, want DeadlineExceeded", err)
+	}
+	calls := strings.Join(e.nse.Calls("close"), "\n")
+	if !strings.Contains(calls, "close ") {
+		t.Fatalf("next hop not closed after a timeout; its calls:\n%s", calls)
+	}
+	if n := len(e.srv.Connections()); n != 0 {
+		t.Errorf("%d connections", n)
+	}
+}
+
 func TestNextHopFailureOnRefreshKeepsConnection(t *testing.T) {
 	e := newEnv(t, "", nil, nil)
 	conn, err := e.client.Request(t.Context(), newRequest("nsc-1", time.Minute))
