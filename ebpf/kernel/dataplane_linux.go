@@ -160,6 +160,10 @@ func (d *Dataplane) Ready(context.Context) error {
 
 // Close releases the dataplane's handles. vWires stay in place.
 func (d *Dataplane) Close() error {
+	// The forwarder's own pin directory goes when it holds no connection,
+	// so a forwarder that served and closed everything leaves no trace in
+	// bpffs. rmdir fails harmlessly while pins remain.
+	_ = os.Remove(filepath.Join(d.opts.PinDir, d.opts.Name))
 	if d.host != nil {
 		d.host.Close()
 		d.host = nil

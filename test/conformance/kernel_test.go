@@ -2,6 +2,8 @@ package conformance
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/nsmfwd/nsmfwd/ebpf/kernel"
@@ -11,6 +13,18 @@ import (
 func kernelHarness(attach string) Harness {
 	return Harness{
 		NewDataplane: func(t testing.TB, hostNS, name string) forwarder.Dataplane {
+			// Runs after the forwarder instances are stopped: a dataplane
+			// closed with no connection left removes its pin directory.
+			pinDir := filepath.Join(kernel.DefaultPinDir, name)
+			t.Cleanup(func() {
+				if _, err := os.Stat(pinDir); err == nil {
+					if !t.Failed() {
+						left, _ := filepath.Glob(pinDir + "/*")
+						t.Errorf("pin directory %s left behind, holding %v", pinDir, left)
+					}
+					_ = os.RemoveAll(pinDir)
+				}
+			})
 			dp, err := kernel.New(context.Background(), kernel.Options{
 				Name:      name,
 				HostNetNS: hostNS,

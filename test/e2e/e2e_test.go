@@ -135,6 +135,8 @@ func (w *world) ping(ns string, addr netip.Addr) error {
 func TestSIGKILLRestart(t *testing.T) {
 	nstest.RequireRoot(t)
 	w := &world{t: t, bin: buildBinaries(t), dir: t.TempDir(), name: fmt.Sprintf("e2e-%d", time.Now().UnixNano()%1e9)}
+	// Whatever happens, leave no pinned object of this forwarder behind.
+	t.Cleanup(func() { _ = os.RemoveAll(filepath.Join("/sys/fs/bpf/nsmfwd", w.name)) })
 	w.node, w.nodePath = nstest.New(t)
 	w.client, w.clientPath = nstest.New(t)
 	w.endpoint, w.epPath = nstest.New(t)
@@ -254,6 +256,17 @@ func TestSIGKILLRestart(t *testing.T) {
 	}
 	if got := nstest.BPFProgIDs(t); !slices.Equal(sorted(got), sorted(progsBefore)) {
 		t.Fatalf("BPF programs left after Close: %v -> %v", progsBefore, got)
+	}
+	// A graceful stop with no connection left removes the forwarder's
+	// directory in bpffs too.
+	if err := w.fwd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	_ = w.fwd.Wait()
+	pinDir := filepath.Join("/sys/fs/bpf/nsmfwd", w.name)
+	if _, err := os.Stat(pinDir); !os.IsNotExist(err) {
+		left, _ := filepath.Glob(pinDir + "/*")
+		t.Fatalf("%s still exists after the last Close and SIGTERM (%v); holds %v", pinDir, err, left)
 	}
 }
 
