@@ -33,7 +33,7 @@ func (s *Server) Close(ctx context.Context, conn *networkservice.Connection) (*e
 	if e == nil {
 		return &emptypb.Empty{}, nil
 	}
-	if err := s.teardown(ctx, id, e); err != nil {
+	if err := s.teardown(ctx, id, e, reasonClose); err != nil {
 		return nil, toStatus(err)
 	}
 	e.log.InfoContext(ctx, "connection closed")
@@ -58,12 +58,15 @@ func (s *Server) lookupID(conn *networkservice.Connection) (string, bool) {
 	return "", false
 }
 
-// teardown removes connection id (entry e), the caller holding its lock.
+// teardown removes connection id (entry e), the caller holding its lock;
+// reason labels the close metric.
 // When the dataplane cannot remove the vWire the connection stays in the
 // table and in the store, so a retry, the expiry or the next start's
 // reconcile can finish the job; the next hop is closed only once the vWire
 // is gone.
-func (s *Server) teardown(ctx context.Context, id string, e *entry) error {
+func (s *Server) teardown(ctx context.Context, id string, e *entry, reason string) (err error) {
+	start := time.Now()
+	defer func() { s.metrics.observeClose(s.mechanismLabel(e.fc.Client.Mechanism.Type), reason, start, err) }()
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.rbTO)
 	defer cancel()
 	if err := s.dp.Disconnect(ctx, id); err != nil {
@@ -134,7 +137,7 @@ func (s *Server) expire(id string, e *entry) {
 	if !current {
 		return // refreshed or closed while we waited
 	}
-	if err := s.teardown(context.Background(), id, e); err != nil {
+	if err := s.teardown(context.Background(), id, e, reasonExpiry); err != nil {
 		e.log.Warn("expiry: teardown failed, retrying", "error", err, "retry_in", expiryRetry)
 		s.mu.Lock()
 		if !s.closed && s.conns[id] == e {

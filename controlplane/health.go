@@ -16,6 +16,9 @@ var healthServices = []string{
 }
 
 func (s *Server) setHealth(serving bool) {
+	if s.health == nil {
+		return
+	}
 	st := healthpb.HealthCheckResponse_NOT_SERVING
 	if serving {
 		st = healthpb.HealthCheckResponse_SERVING
@@ -25,7 +28,8 @@ func (s *Server) setHealth(serving bool) {
 	}
 }
 
-// checkHealth asks the dataplane whether it can build vWires and publishes
+// checkHealth asks the dataplane (periodically, whether or not a health
+// server is configured: the readiness metric uses the answer too) whether it can build vWires and publishes
 // the answer. A failure is logged only when the status changes.
 func (s *Server) checkHealth(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, s.healthInt)

@@ -29,11 +29,20 @@ import (
 // Errors are gRPC statuses: input errors are InvalidArgument naming the
 // field, the next hop's codes pass through.
 func (s *Server) Request(ctx context.Context, req *networkservice.NetworkServiceRequest) (*networkservice.Connection, error) {
-	conn, err := s.request(ctx, req)
+	start := time.Now()
+	info := requestInfo{kind: kindNew, mechanism: mechanismInvalid}
+	conn, err := s.request(ctx, req, &info)
+	s.metrics.observeRequest(info.mechanism, info.kind, start, err)
 	return conn, toStatus(err)
 }
 
-func (s *Server) request(ctx context.Context, req *networkservice.NetworkServiceRequest) (*networkservice.Connection, error) {
+// requestInfo is what the metrics learn about a Request while it is served.
+type requestInfo struct {
+	kind      string // kindNew or kindRefresh
+	mechanism string // client mechanism type, or mechanismInvalid
+}
+
+func (s *Server) request(ctx context.Context, req *networkservice.NetworkServiceRequest, info *requestInfo) (*networkservice.Connection, error) {
 	if err := s.checkRunning(); err != nil {
 		return nil, err
 	}
@@ -60,12 +69,16 @@ func (s *Server) request(ctx context.Context, req *networkservice.NetworkService
 	old := s.conns[id]
 	s.mu.Unlock()
 	log := s.log.With("conn_id", id)
+	if old != nil {
+		info.kind = kindRefresh
+	}
 
 	// Client side.
 	cm, err := s.clientMechanism(conn, req.GetMechanismPreferences(), old)
 	if err != nil {
 		return nil, err
 	}
+	info.mechanism = s.mechanismLabel(cm.GetType())
 	if err := s.dp.Check(ctx, id, forwarder.SideClient, toMechanism(cm)); err != nil {
 		return nil, err
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/networkservicemesh/api/pkg/api/networkservice"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthgrpc "google.golang.org/grpc/health/grpc_health_v1"
@@ -68,6 +69,11 @@ type Options struct {
 	// MonitorBuffer is the per-subscriber event buffer; 0 means
 	// DefaultMonitorBuffer.
 	MonitorBuffer int
+	// Metrics, when set, receives the server's Prometheus metrics: request
+	// and close latency histograms, reaped connections, and collectors that
+	// read live connection counts, readiness and per-connection datapath
+	// counters at scrape time (docs/metrics.md).
+	Metrics prometheus.Registerer
 }
 
 // Server implements networkservice.NetworkServiceServer and
@@ -85,6 +91,7 @@ type Server struct {
 	reqTO     time.Duration
 	rbTO      time.Duration
 	monBuf    int
+	metrics   *metrics
 
 	ready atomic.Int32 // last readiness seen: 0 unknown, 1 ready, 2 not ready
 	locks keyedMutex
@@ -158,8 +165,13 @@ func New(opts Options) (*Server, error) {
 		s.monBuf = DefaultMonitorBuffer
 	}
 	s.log = s.log.With("forwarder", s.name, "dataplane", s.dp.Name())
-	if s.health != nil {
-		s.setHealth(false)
+	s.setHealth(false)
+	if opts.Metrics != nil {
+		m, err := newMetrics(s, opts.Metrics)
+		if err != nil {
+			return nil, fmt.Errorf("controlplane: register metrics: %w", err)
+		}
+		s.metrics = m
 	}
 	return s, nil
 }
@@ -199,9 +211,7 @@ func (s *Server) Start(ctx context.Context) error {
 	if err := s.restore(ctx); err != nil {
 		return err
 	}
-	if s.health != nil {
-		s.checkHealth(ctx)
-	}
+	s.checkHealth(ctx)
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -209,10 +219,8 @@ func (s *Server) Start(ctx context.Context) error {
 		return ErrShutdown
 	}
 	s.started = true
-	if s.health != nil {
-		s.wg.Add(1)
-		go s.healthLoop()
-	}
+	s.wg.Add(1)
+	go s.healthLoop()
 	return nil
 }
 
@@ -237,9 +245,7 @@ func (s *Server) Shutdown() {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
-	if s.health != nil {
-		s.setHealth(false)
-	}
+	s.setHealth(false)
 }
 
 // Connections returns copies of the current connections in our frame,

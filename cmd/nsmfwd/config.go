@@ -20,4 +20,6 @@ type Config struct {
 	Dataplane        string        `env:"NSM_DATAPLANE" default:"kernel" desc:"dataplane building the vWires: kernel (veth + eBPF cross-connect)"`
 	BPFPinDir        string        `env:"NSM_BPF_PIN_DIR" default:"/sys/fs/bpf/nsmfwd" desc:"bpffs directory where per-connection BPF links and maps are pinned (kernel dataplane)"`
 	TCAttach         string        `env:"NSM_TC_ATTACH" default:"auto" desc:"how the eBPF cross-connect attaches: auto (tcx when the kernel has it, else clsact), tcx or tc"`
+	Prometheus       bool          `env:"PROMETHEUS" default:"false" desc:"serve Prometheus metrics (docs/metrics.md) on NSM_PROMETHEUS_LISTEN_ON"`
+	PrometheusListen string        `env:"NSM_PROMETHEUS_LISTEN_ON" default:":8081" desc:"host:port of the /metrics endpoint when PROMETHEUS=true"`
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -17,6 +18,9 @@ import (
 	"time"
 
 	"github.com/networkservicemesh/api/pkg/api/networkservice"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 
@@ -117,6 +121,11 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 	defer next.Close()
 
 	hs := health.NewServer()
+	var reg *prometheus.Registry
+	if cfg.Prometheus {
+		reg = prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
 	srv, err := controlplane.New(controlplane.Options{
 		Name:             cfg.Name,
 		Dataplane:        dp,
@@ -126,6 +135,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 		RequestTimeout:   cfg.RequestTimeout,
 		Logger:           log,
 		Health:           hs,
+		Metrics:          registerer(reg),
 	})
 	if err != nil {
 		return err
@@ -143,8 +153,17 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 	gs := grpc.NewServer()
 	srv.Register(gs)
 
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- gs.Serve(lis) }()
+	if reg != nil {
+		stopMetrics, err := serveMetrics(cfg.PrometheusListen, reg, errc)
+		if err != nil {
+			gs.Stop()
+			return err
+		}
+		defer stopMetrics()
+		log.InfoContext(ctx, "serving metrics", "listen_on", cfg.PrometheusListen)
+	}
 	log.InfoContext(ctx, "nsmfwd serving", "listen_on", cfg.ListenOn, "connect_to", cfg.ConnectTo,
 		"dataplane", dp.Name(), "state_dir", cfg.StateDir)
 
@@ -190,4 +209,34 @@ func listen(rawURL string) (net.Listener, func(), error) {
 		}
 	}
 	return lis, cleanup, nil
+}
+
+// registerer avoids a typed-nil interface when metrics are off.
+func registerer(reg *prometheus.Registry) prometheus.Registerer {
+	if reg == nil {
+		return nil
+	}
+	return reg
+}
+
+// serveMetrics serves /metrics on addr; serve errors go to errc. The
+// returned function stops the server.
+func serveMetrics(addr string, reg *prometheus.Registry, errc chan<- error) (func(), error) {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: listen %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := hs.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("metrics: %w", err)
+		}
+	}()
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = hs.Shutdown(ctx)
+	}, nil
 }

@@ -33,6 +33,7 @@ type world struct {
 	nodePath, clientPath   string
 	epPath                 string
 	fwd                    *exec.Cmd
+	fwdEnv                 []string // extra environment of nsmfwd
 }
 
 func buildBinaries(t *testing.T) string {
@@ -91,14 +92,14 @@ func (w *world) startForwarder() {
 	w.t.Helper()
 	sock := filepath.Join(w.dir, "fwd.sock")
 	_ = os.Remove(sock)
-	w.fwd = start(w.t, w, "nsmfwd", []string{
+	w.fwd = start(w.t, w, "nsmfwd", append([]string{
 		"NSM_NAME=" + w.name,
 		"NSM_LISTEN_ON=unix://" + sock,
 		"NSM_CONNECT_TO=unix://" + filepath.Join(w.dir, "nse.sock"),
 		"NSM_STATE_DIR=" + filepath.Join(w.dir, "state"),
 		"NSM_LOG_LEVEL=DEBUG",
 		"NSM_DIAL_TIMEOUT=300ms",
-	}, "nsenter", "--net="+w.nodePath, filepath.Join(w.bin, "nsmfwd"))
+	}, w.fwdEnv...), "nsenter", "--net="+w.nodePath, filepath.Join(w.bin, "nsmfwd"))
 	waitSocket(w.t, sock)
 }
 
