@@ -221,6 +221,12 @@ func (s *Server) Start(ctx context.Context) error {
 	s.started = true
 	s.wg.Add(1)
 	go s.healthLoop()
+	if w, ok := s.dp.(forwarder.Watcher); ok {
+		rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		s.wg.Add(2)
+		go func() { defer s.wg.Done(); <-s.bgDone; cancel() }()
+		go func() { defer s.wg.Done(); newReaper(s, w).run(rctx) }()
+	}
 	return nil
 }
 

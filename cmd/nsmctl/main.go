@@ -57,6 +57,7 @@ var commands = []command{
 	{"close", "close a connection, found by id through the monitor", parseClose},
 	{"list", "list the forwarder's connections with their counters", parseList},
 	{"monitor", "stream the forwarder's connection events", parseMonitor},
+	{"health", "check the forwarder's grpc health (exit 0 when SERVING); for exec probes", parseHealth},
 }
 
 // usageError marks bad command lines: exit status 2.

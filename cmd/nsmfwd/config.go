@@ -19,7 +19,7 @@ type Config struct {
 	StateDir         string        `env:"NSM_STATE_DIR" default:"/var/lib/nsmfwd" desc:"directory of the persisted connection table (one atomically written file per connection)"`
 	Dataplane        string        `env:"NSM_DATAPLANE" default:"kernel" desc:"dataplane building the vWires: kernel (veth + eBPF cross-connect)"`
 	BPFPinDir        string        `env:"NSM_BPF_PIN_DIR" default:"/sys/fs/bpf/nsmfwd" desc:"bpffs directory where per-connection BPF links and maps are pinned (kernel dataplane)"`
-	TCAttach         string        `env:"NSM_TC_ATTACH" default:"auto" desc:"how the eBPF cross-connect attaches: auto (tcx when the kernel has it, else clsact), tcx or tc"`
+	TCAttach         string        `env:"NSM_TC_ATTACH" default:"auto" desc:"how the eBPF cross-connect attaches: auto (= tc), tc (clsact filter) or tcx (Linux 6.6+; ~10 ms per attach/detach under RTNL, see docs/architecture.md)"`
 	Prometheus       bool          `env:"PROMETHEUS" default:"false" desc:"serve Prometheus metrics (docs/metrics.md) on NSM_PROMETHEUS_LISTEN_ON"`
 	PrometheusListen string        `env:"NSM_PROMETHEUS_LISTEN_ON" default:":8081" desc:"host:port of the /metrics endpoint when PROMETHEUS=true"`
 }

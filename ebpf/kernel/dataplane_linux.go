@@ -33,8 +33,9 @@ type Options struct {
 	// are pinned, in <PinDir>/<Name>/<connection>. Default
 	// /sys/fs/bpf/nsmfwd; bpffs is mounted at /sys/fs/bpf if it is not.
 	PinDir string
-	// Attach is the attach mode: "auto" (default: tcx where the kernel has
-	// it, else tc), "tcx" or "tc" (clsact qdisc and a BPF filter).
+	// Attach is the attach mode: "auto" (default, currently tc), "tc"
+	// (clsact qdisc and a direct-action BPF filter) or "tcx" (pinned tcx
+	// links, Linux 6.6+). See xconnect.ModeAuto for why auto is not tcx.
 	Attach string
 	// Logger receives the dataplane's logs; nil discards them.
 	Logger *slog.Logger
@@ -58,6 +59,7 @@ type Dataplane struct {
 	hostNS   netns.NsHandle // always open
 	hostSelf bool           // hostNS is the process's own namespace
 	host     *netlink.Handle
+	deleter  *deleter
 	locks    keyedMutex
 }
 
@@ -101,6 +103,10 @@ func New(ctx context.Context, opts Options) (*Dataplane, error) {
 	if err != nil {
 		_ = d.Close()
 		return nil, fmt.Errorf("kernel dataplane: host namespace %q: %w", opts.HostNetNS, err)
+	}
+	if d.deleter, err = newDeleter(d.host, d.hostNS); err != nil {
+		_ = d.Close()
+		return nil, fmt.Errorf("kernel dataplane: %w", err)
 	}
 	if err := ensureBPFFS(opts.PinDir); err != nil {
 		_ = d.Close()
@@ -164,6 +170,8 @@ func (d *Dataplane) Close() error {
 	// so a forwarder that served and closed everything leaves no trace in
 	// bpffs. rmdir fails harmlessly while pins remain.
 	_ = os.Remove(filepath.Join(d.opts.PinDir, d.opts.Name))
+	d.deleter.close()
+	d.deleter = nil
 	if d.host != nil {
 		d.host.Close()
 		d.host = nil
@@ -552,6 +560,7 @@ func (d *Dataplane) Disconnect(ctx context.Context, id string) error {
 
 func (d *Dataplane) remove(_ context.Context, id string) error {
 	var errs []error
+	var links []netlink.Link
 	for _, side := range []forwarder.SideKind{forwarder.SideClient, forwarder.SideEndpoint} {
 		l, err := d.host.LinkByName(hostIfName(d.opts.Name, id, side))
 		if err != nil {
@@ -563,10 +572,11 @@ func (d *Dataplane) remove(_ context.Context, id string) error {
 		if l.Attrs().Alias != linkAlias(d.opts.Name, id, side) {
 			continue // not ours
 		}
-		// The peer goes with it, in whatever namespace it is.
-		if err := d.host.LinkDel(l); err != nil && !isNotFound(err) {
-			errs = append(errs, fmt.Errorf("disconnect: delete %s: %w", l.Attrs().Name, err))
-		}
+		links = append(links, l)
+	}
+	// The peers go with them, in whatever namespace they are.
+	if err := d.deleter.delete(links...); err != nil {
+		errs = append(errs, fmt.Errorf("disconnect: %w", err))
 	}
 	errs = append(errs, xconnect.Remove(d.xopts(connPinDir(d.opts.PinDir, d.opts.Name, id))))
 	if err := errors.Join(errs...); err != nil {

@@ -207,7 +207,7 @@ func newProgs(before, after []uint32) []uint32 {
 }
 
 func TestConnectPingRefreshDisconnect(t *testing.T) {
-	for _, attach := range []string{"auto", "tc"} {
+	for _, attach := range []string{"auto", "tcx", "tc"} {
 		for _, payload := range []forwarder.Payload{forwarder.PayloadEthernet, forwarder.PayloadIP} {
 			t.Run(attach+"/"+string(payload), func(t *testing.T) {
 				testLifecycle(t, attach, payload)
@@ -236,7 +236,7 @@ func testLifecycle(t *testing.T, attach string, payload forwarder.Payload) {
 	pingAll(t, client, endpoint, "10.60.0.1")
 	var st forwarder.Stats
 	_, err := os.Stat(filepath.Join(connPinDir(e.pinDir, e.name, c.ID), "link_client"))
-	if tcx := err == nil; tcx != (attach != "tc") {
+	if tcx := err == nil; tcx != (attach == "tcx") {
 		t.Errorf("attach %s: tcx link pinned = %v", attach, tcx)
 	}
 	if payload == forwarder.PayloadIP && linkIn(t, client.path, "nsm0").Attrs().RawFlags&unix.IFF_NOARP == 0 {

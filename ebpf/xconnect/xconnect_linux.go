@@ -23,7 +23,14 @@ type Mode string
 
 // Attach modes.
 const (
-	// ModeAuto uses tcx where the kernel has it (6.6+), else ModeTC.
+	// ModeAuto is ModeTC. tcx (Linux 6.6+) would be the modern choice,
+	// but attaching or detaching a tcx program waits for an RCU grace
+	// period under the kernel's RTNL lock: about 10 ms per device on the
+	// 6.18 test VM, serialised node-wide, against 0.4 ms to attach a clsact
+	// filter and nothing extra to delete it. With two attachments per
+	// connection, tcx made 200 simultaneous client deaths take 4.2 s (p50)
+	// to reap against 0.46 s with clsact, and it bounds connection setup
+	// throughput the same way. ModeTCX stays available.
 	ModeAuto Mode = "auto"
 	// ModeTCX attaches with tcx links, pinned so they outlive the process.
 	ModeTCX Mode = "tcx"
@@ -164,17 +171,15 @@ func Install(opts Options, cfg Config) (x *XConnect, err error) {
 	if mode == "" {
 		mode = ModeAuto
 	}
-	if mode == ModeAuto || mode == ModeTCX {
-		err := x.attachTCX(opts, cfg)
-		switch {
-		case err == nil:
-			x.Mode = ModeTCX
-			return x, nil
-		case mode == ModeAuto && errors.Is(err, ebpf.ErrNotSupported):
-			// fall back to clsact below
-		default:
+	if mode == ModeTCX {
+		if err := x.attachTCX(opts, cfg); err != nil {
+			if errors.Is(err, ebpf.ErrNotSupported) {
+				return x, fmt.Errorf("xconnect: tcx needs Linux 6.6 or later (use attach mode tc): %w", err)
+			}
 			return x, err
 		}
+		x.Mode = ModeTCX
+		return x, nil
 	}
 	if mode != ModeAuto && mode != ModeTC {
 		return x, fmt.Errorf("xconnect: unknown attach mode %q", mode)
@@ -421,4 +426,13 @@ func removeFilters(ns netns.NsHandle, ifindexes []int) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// LinkPinName is the pin file of the tcx link on the client's node end, or
+// on the endpoint's when endpoint is true.
+func LinkPinName(endpoint bool) string {
+	if endpoint {
+		return pinLinkEndpoint
+	}
+	return pinLinkClient
 }

@@ -13,12 +13,14 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/networkservicemesh/api/pkg/api/networkservice"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/nsmfwd/nsmfwd/controlplane"
 	"github.com/nsmfwd/nsmfwd/controlplane/endpoint"
@@ -57,6 +59,7 @@ type env struct {
 
 	ep       *endpoint.Endpoint
 	epServer *grpc.Server
+	closes   *closeRecorder
 
 	fwd    *fwdInstance
 	cc     *grpc.ClientConn
@@ -132,7 +135,8 @@ func newEnv(t *testing.T, h Harness, opts ...envOption) *env {
 	}
 	e.epSock = filepath.Join(e.dir, "nse.sock")
 	epServer := grpc.NewServer()
-	ep.Register(epServer)
+	e.closes = &closeRecorder{at: map[string]time.Time{}}
+	networkservice.RegisterNetworkServiceServer(epServer, &recordingEndpoint{NetworkServiceServer: ep, rec: e.closes})
 	serveUnix(t, epServer, e.epSock)
 	t.Cleanup(ep.Shutdown)
 	e.ep, e.epServer = ep, epServer
@@ -336,4 +340,33 @@ func fwdSegment(conn *networkservice.Connection, name string) *networkservice.Pa
 		}
 	}
 	return nil
+}
+
+// closeRecorder notes when the endpoint received each Close, keyed by the
+// NSC's connection id (the first path segment's id).
+type closeRecorder struct {
+	mu sync.Mutex
+	at map[string]time.Time
+}
+
+func (r *closeRecorder) get(nscID string) (time.Time, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t, ok := r.at[nscID]
+	return t, ok
+}
+
+// recordingEndpoint is the scenario endpoint with its Closes recorded.
+type recordingEndpoint struct {
+	networkservice.NetworkServiceServer
+	rec *closeRecorder
+}
+
+func (r *recordingEndpoint) Close(ctx context.Context, conn *networkservice.Connection) (*emptypb.Empty, error) {
+	if segs := conn.GetPath().GetPathSegments(); len(segs) > 0 {
+		r.rec.mu.Lock()
+		r.rec.at[segs[0].GetId()] = time.Now()
+		r.rec.mu.Unlock()
+	}
+	return r.NetworkServiceServer.Close(ctx, conn)
 }

@@ -40,15 +40,15 @@ func kernelHarness(attach string) Harness {
 }
 
 // TestKernel runs the suite on the kernel dataplane with its default attach
-// mode (tcx on this kernel).
+// mode (clsact).
 func TestKernel(t *testing.T) { Run(t, kernelHarness("auto")) }
 
-// TestKernelClsact runs the ping scenarios with the clsact fallback that
-// kernels without tcx use.
-func TestKernelClsact(t *testing.T) {
-	h := kernelHarness("tc")
+// TestKernelTCX runs the main scenarios with tcx attachment.
+func TestKernelTCX(t *testing.T) {
+	h := kernelHarness("tcx")
 	h.ScaleConnections = -1
 	t.Run("PingBothWays/ETHERNET", func(t *testing.T) { testPing(t, h, forwarder.PayloadEthernet) })
 	t.Run("PingBothWays/IP", func(t *testing.T) { testPing(t, h, forwarder.PayloadIP) })
 	t.Run("Restart", func(t *testing.T) { testRestart(t, h) })
+	t.Run("Death", func(t *testing.T) { runDeath(t, h) })
 }

@@ -38,6 +38,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("NextHopFails", func(t *testing.T) { testNextHopFails(t, h) })
 	t.Run("FailureAfterNextHop", func(t *testing.T) { testFailureAfterNextHop(t, h) })
 	t.Run("Restart", func(t *testing.T) { testRestart(t, h) })
+	t.Run("Death", func(t *testing.T) { runDeath(t, h) })
 	if h.ScaleConnections > 0 {
 		t.Run("Scale", func(t *testing.T) { testScale(t, h, h.ScaleConnections) })
 	}
@@ -318,6 +319,9 @@ func testRestart(t *testing.T, h Harness) {
 	e.ping(e.client, eAddr)
 
 	e.startForwarder()
+	// A restart must not look like a death: give the reaper time to act
+	// wrongly before checking that nothing was reaped.
+	time.Sleep(300 * time.Millisecond)
 	list, err := nsc.List(e.ctx(), e.mon, nil)
 	if err != nil {
 		t.Fatal(err)
