@@ -8,7 +8,8 @@ GOLANGCI_LINT_VERSION := v2.7.2
 TEST_FLAGS ?= -race -count=1 -p 1
 
 .DEFAULT_GOAL := help
-.PHONY: help build test demo generate generate-check lint
+.PHONY: help build test demo generate generate-check lint bench
+.PHONY: image validate
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -23,6 +24,10 @@ test: ## run every test; as root this includes the privileged namespace/eBPF tes
 demo: build ## (root) connect a client to an endpoint over the eBPF cross-connect, ping, close, show nothing is left
 	@bash deployments/demo/demo.sh $(BIN)
 
+bench: build ## (root) benchmark the dataplanes and the control plane into bench/results (BENCH_QUICK=1: brief, for CI)
+	$(GO) build -o $(BIN)/nsmbench ./bench/cmd/nsmbench
+	$(BIN)/nsmbench -bin $(BIN) -out bench/results
+
 generate: ## regenerate the eBPF objects with bpf2go (needs clang, llvm, libbpf-dev)
 	$(GO) generate ./ebpf/...
 
@@ -31,3 +36,16 @@ generate-check: generate ## fail if the committed eBPF objects differ from what 
 
 lint: ## golangci-lint (pinned, run through go run; not in go.mod)
 	$(GO) run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION) run ./...
+
+IMAGE ?= ghcr.io/nsmfwd/nsmfwd:dev
+VPP_VERSION ?=
+image: ## build the image from deployments/Dockerfile with docker, podman or buildah (IMAGE=name:tag, VPP_VERSION=base tag)
+	@set -e; \
+	if command -v docker >/dev/null && docker info >/dev/null 2>&1; then build="docker build"; \
+	elif command -v podman >/dev/null && podman info >/dev/null 2>&1; then build="podman build"; \
+	elif command -v buildah >/dev/null; then build="buildah build"; \
+	else echo "make image: no container engine available (need a running docker daemon, podman or buildah)" >&2; exit 1; fi; \
+	set -x; $$build -f deployments/Dockerfile -t $(IMAGE) $(if $(VPP_VERSION),--build-arg VPP_VERSION=$(VPP_VERSION)) .
+
+validate: ## render the k8s overlays and check them strictly against the Kubernetes API types; check the Grafana dashboard and Dockerfile pins
+	cd deployments/validate && $(GO) test -count=1 ./...

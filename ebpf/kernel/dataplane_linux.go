@@ -539,13 +539,13 @@ func (d *Dataplane) configurePeer(s *sideState, mtu uint32, ipMode bool) (flippe
 			return false, fmt.Errorf("connect %s: link up: %w", s.kind, err)
 		}
 	}
-	if err := syncAddrs(h, l, s.side.IP.Addrs); err != nil {
+	if err := syncAddrs(h, l, s.side.IP.Addrs, s.created); err != nil {
 		return false, fmt.Errorf("connect %s: %w", s.kind, err)
 	}
-	if err := syncRoutes(h, l, s.side.IP.Routes); err != nil {
+	if err := syncRoutes(h, l, s.side.IP.Routes, s.created); err != nil {
 		return false, fmt.Errorf("connect %s: %w", s.kind, err)
 	}
-	if err := syncNeighbors(h, l, s.side.IP.Neighbors); err != nil {
+	if err := syncNeighbors(h, l, s.side.IP.Neighbors, s.created); err != nil {
 		return false, fmt.Errorf("connect %s: %w", s.kind, err)
 	}
 	return flipped, nil

@@ -47,13 +47,22 @@ func netPrefix(n *net.IPNet, family int) netip.Prefix {
 	return netip.PrefixFrom(a.Unmap(), ones).Masked()
 }
 
+// The sync functions below take fresh = true for a link created by this
+// very call: it holds nothing of ours yet, so they skip the dump of what is
+// there. The dumps cover the whole namespace (the kernel does not filter
+// them by link), so with a thousand vWires in one client namespace they
+// would make every new connection cost O(n).
+
 // syncAddrs makes the link hold exactly the wanted addresses, apart from
 // IPv6 link-local ones, which the kernel manages. Everything else on a link
 // the dataplane created is its own.
-func syncAddrs(h *netlink.Handle, l netlink.Link, wanted []netip.Prefix) error {
-	have, err := retry(func() ([]netlink.Addr, error) { return h.AddrList(l, netlink.FAMILY_ALL) })
-	if err != nil {
-		return fmt.Errorf("list addresses: %w", err)
+func syncAddrs(h *netlink.Handle, l netlink.Link, wanted []netip.Prefix, fresh bool) error {
+	var have []netlink.Addr
+	if !fresh {
+		var err error
+		if have, err = retry(func() ([]netlink.Addr, error) { return h.AddrList(l, netlink.FAMILY_ALL) }); err != nil {
+			return fmt.Errorf("list addresses: %w", err)
+		}
 	}
 	want := map[netip.Prefix]bool{}
 	for _, p := range wanted {
@@ -98,13 +107,17 @@ type routeKey struct {
 // syncRoutes installs the wanted routes through the link and removes the
 // ones the dataplane added earlier (marked with routeProto) that are no
 // longer wanted.
-func syncRoutes(h *netlink.Handle, l netlink.Link, wanted []forwarder.Route) error {
+func syncRoutes(h *netlink.Handle, l netlink.Link, wanted []forwarder.Route, fresh bool) error {
 	idx := l.Attrs().Index
-	have, err := retry(func() ([]netlink.Route, error) {
-		return h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{LinkIndex: idx}, netlink.RT_FILTER_OIF)
-	})
-	if err != nil {
-		return fmt.Errorf("list routes: %w", err)
+	var have []netlink.Route
+	if !fresh {
+		var err error
+		have, err = retry(func() ([]netlink.Route, error) {
+			return h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{LinkIndex: idx}, netlink.RT_FILTER_OIF)
+		})
+		if err != nil {
+			return fmt.Errorf("list routes: %w", err)
+		}
 	}
 	want := map[routeKey]bool{}
 	for _, r := range wanted {
@@ -139,11 +152,14 @@ func syncRoutes(h *netlink.Handle, l netlink.Link, wanted []forwarder.Route) err
 
 // syncNeighbors installs the wanted permanent neighbours and removes other
 // permanent entries (only the dataplane adds those on its links).
-func syncNeighbors(h *netlink.Handle, l netlink.Link, wanted []forwarder.Neighbor) error {
+func syncNeighbors(h *netlink.Handle, l netlink.Link, wanted []forwarder.Neighbor, fresh bool) error {
 	idx := l.Attrs().Index
-	have, err := retry(func() ([]netlink.Neigh, error) { return h.NeighList(idx, netlink.FAMILY_ALL) })
-	if err != nil {
-		return fmt.Errorf("list neighbours: %w", err)
+	var have []netlink.Neigh
+	if !fresh {
+		var err error
+		if have, err = retry(func() ([]netlink.Neigh, error) { return h.NeighList(idx, netlink.FAMILY_ALL) }); err != nil {
+			return fmt.Errorf("list neighbours: %w", err)
+		}
 	}
 	want := map[netip.Addr]bool{}
 	for _, n := range wanted {
