@@ -1,0 +1,70 @@
+package kernel
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nsmfwd/nsmfwd/forwarder"
+	"github.com/nsmfwd/nsmfwd/internal/netns/nstest"
+)
+
+// TestEndpointDeathAndHeal: the endpoint's namespace dies; Alive says so,
+// DisconnectSide removes the endpoint side and keeps the client's
+// interface; a Connect toward a new endpoint (what NSM's heal asks for)
+// rebuilds the vWire and traffic flows again.
+func TestEndpointDeathAndHeal(t *testing.T) {
+	for _, attach := range []string{"tc", "tcx"} {
+		t.Run(attach, func(t *testing.T) {
+			e := newEnv(t)
+			client, oldEP := newPeer(t), newPeer(t)
+			d := e.dataplane(attach)
+			ctx := context.Background()
+			c := newConn(t, "heal-"+attach, forwarder.PayloadEthernet, client, oldEP)
+			if err := d.Connect(ctx, c); err != nil {
+				t.Fatal(err)
+			}
+			pingAll(t, client, oldEP, "10.60.0.1")
+
+			nstest.Delete(t, oldEP.name)
+			// The kernel destroys a namespace asynchronously; in production
+			// the check follows the RTM_DELLINK of the node end.
+			var alive bool
+			var reason string
+			var err error
+			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+				alive, reason, err = d.Alive(ctx, c, forwarder.SideEndpoint)
+				if err != nil || !alive || time.Now().After(deadline) {
+					break
+				}
+			}
+			if err != nil || alive || reason != forwarder.ReasonEndpointNetNSGone {
+				t.Fatalf("Alive(endpoint) = %v, %q, %v; want dead, %s", alive, reason, err, forwarder.ReasonEndpointNetNSGone)
+			}
+			if alive, _, err := d.Alive(ctx, c, forwarder.SideClient); err != nil || !alive {
+				t.Fatalf("Alive(client) = %v, %v; want alive", alive, err)
+			}
+			if err := d.DisconnectSide(ctx, c.ID, forwarder.SideEndpoint); err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Contains(nstest.Links(t, client.path), "nsm0") {
+				t.Fatal("DisconnectSide(endpoint) removed the client's interface")
+			}
+
+			// The heal: same connection, a new endpoint namespace.
+			newEP := newPeer(t)
+			healed := newConn(t, c.ID, forwarder.PayloadEthernet, client, newEP)
+			if err := d.Connect(ctx, healed); err != nil {
+				t.Fatalf("Connect toward the new endpoint: %v", err)
+			}
+			pingAll(t, client, newEP, "10.60.0.1")
+			if err := d.Disconnect(ctx, c.ID); err != nil {
+				t.Fatal(err)
+			}
+			if got := nstest.Links(t, client.path); slices.Contains(got, "nsm0") {
+				t.Fatalf("client links after Disconnect: %v", got)
+			}
+		})
+	}
+}
