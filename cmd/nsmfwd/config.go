@@ -8,18 +8,20 @@ import (
 // Config is nsmfwd's whole configuration, read from NSM_* variables. Names
 // follow cmd-forwarder-vpp where the meaning is the same.
 type Config struct {
-	Name             string        `env:"NSM_NAME" default:"forwarder" desc:"name of this forwarder: its NSM path segment name; scopes the objects it owns on the node"`
-	ListenOn         string        `env:"NSM_LISTEN_ON" default:"unix:///var/lib/networkservicemesh/nsmfwd.sock" desc:"where the NSM API is served: unix:///path or tcp://host:port"`
-	ConnectTo        string        `env:"NSM_CONNECT_TO" default:"unix:///var/lib/networkservicemesh/nsm.io.sock" desc:"next hop for the endpoint side (NSMgr, or an endpoint directly): unix:///path or tcp://host:port"`
-	DialTimeout      time.Duration `env:"NSM_DIAL_TIMEOUT" default:"5s" desc:"timeout for connecting to the next hop"`
-	RequestTimeout   time.Duration `env:"NSM_REQUEST_TIMEOUT" default:"15s" desc:"upper bound on one Request, next hop included"`
-	MaxTokenLifetime time.Duration `env:"NSM_MAX_TOKEN_LIFETIME" default:"10m" desc:"lifetime of the token and expiry the forwarder puts in its own path segment"`
-	LogLevel         slog.Level    `env:"NSM_LOG_LEVEL" default:"INFO" desc:"TRACE, DEBUG, INFO, WARN or ERROR"`
-	LogFormat        string        `env:"NSM_LOG_FORMAT" default:"text" desc:"text or json"`
-	StateDir         string        `env:"NSM_STATE_DIR" default:"/var/lib/nsmfwd" desc:"directory of the persisted connection table (one atomically written file per connection)"`
-	Dataplane        string        `env:"NSM_DATAPLANE" default:"kernel" desc:"dataplane building the vWires: kernel (veth + eBPF cross-connect)"`
-	BPFPinDir        string        `env:"NSM_BPF_PIN_DIR" default:"/sys/fs/bpf/nsmfwd" desc:"bpffs directory where per-connection BPF links and maps are pinned (kernel dataplane)"`
-	TCAttach         string        `env:"NSM_TC_ATTACH" default:"auto" desc:"how the eBPF cross-connect attaches: auto (= tc), tc (clsact filter) or tcx (Linux 6.6+; ~10 ms per attach/detach under RTNL, see docs/architecture.md)"`
-	Prometheus       bool          `env:"PROMETHEUS" default:"false" desc:"serve Prometheus metrics (docs/metrics.md) on NSM_PROMETHEUS_LISTEN_ON"`
-	PrometheusListen string        `env:"NSM_PROMETHEUS_LISTEN_ON" default:":8081" desc:"host:port of the /metrics endpoint when PROMETHEUS=true"`
+	Name             string            `env:"NSM_NAME" default:"forwarder" desc:"name of this forwarder: its NSM path segment name; scopes the objects it owns on the node"`
+	NSName           string            `env:"NSM_NSNAME" default:"forwarder" desc:"network service the forwarder registers for; NSMgr finds forwarders by it"`
+	Labels           map[string]string `env:"NSM_LABELS" default:"p2p:true" desc:"labels of the forwarder's registration (key:value,...), matched by NSMgr when it picks a forwarder"`
+	ListenOn         string            `env:"NSM_LISTEN_ON" default:"unix:///var/lib/networkservicemesh/nsmfwd.sock" desc:"where the NSM API is served: unix:///path or tcp://host:port"`
+	ConnectTo        string            `env:"NSM_CONNECT_TO" default:"unix:///var/lib/networkservicemesh/nsm.io.sock" desc:"NSMgr (next hop for the endpoint side and registry proxy for the forwarder's registration), or an endpoint directly: unix:///path or tcp://host:port"`
+	DialTimeout      time.Duration     `env:"NSM_DIAL_TIMEOUT" default:"5s" desc:"timeout for connecting to the next hop"`
+	RequestTimeout   time.Duration     `env:"NSM_REQUEST_TIMEOUT" default:"15s" desc:"upper bound on one Request, next hop included"`
+	MaxTokenLifetime time.Duration     `env:"NSM_MAX_TOKEN_LIFETIME" default:"10m" desc:"lifetime of the token and expiry the forwarder puts in its own path segment"`
+	LogLevel         slog.Level        `env:"NSM_LOG_LEVEL" default:"INFO" desc:"TRACE, DEBUG, INFO, WARN or ERROR"`
+	LogFormat        string            `env:"NSM_LOG_FORMAT" default:"text" desc:"text or json"`
+	StateDir         string            `env:"NSM_STATE_DIR" default:"/var/lib/nsmfwd" desc:"directory of the persisted connection table (one atomically written file per connection)"`
+	Dataplane        string            `env:"NSM_DATAPLANE" default:"kernel" desc:"dataplane building the vWires: kernel (veth + eBPF cross-connect)"`
+	BPFPinDir        string            `env:"NSM_BPF_PIN_DIR" default:"/sys/fs/bpf/nsmfwd" desc:"bpffs directory where per-connection BPF links and maps are pinned (kernel dataplane)"`
+	TCAttach         string            `env:"NSM_TC_ATTACH" default:"auto" desc:"how the eBPF cross-connect attaches: auto (= tc), tc (clsact filter) or tcx (Linux 6.6+; ~10 ms per attach/detach under RTNL, see docs/architecture.md)"`
+	Prometheus       bool              `env:"PROMETHEUS" default:"false" desc:"serve Prometheus metrics (docs/metrics.md) on NSM_PROMETHEUS_LISTEN_ON"`
+	PrometheusListen string            `env:"NSM_PROMETHEUS_LISTEN_ON" default:":8081" desc:"host:port of the /metrics endpoint when PROMETHEUS=true"`
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/networkservicemesh/api/pkg/api/networkservice"
+	"github.com/networkservicemesh/api/pkg/api/registry"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -166,13 +167,25 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	log.InfoContext(ctx, "nsmfwd serving", "listen_on", cfg.ListenOn, "connect_to", cfg.ConnectTo,
 		"dataplane", dp.Name(), "state_dir", cfg.StateDir)
+	// Registered only once it serves, so NSMgr can reach it at once.
+	registration := controlplane.Register(controlplane.RegistrationOptions{
+		Client:         registry.NewNetworkServiceEndpointRegistryClient(next),
+		Name:           cfg.Name,
+		NetworkService: cfg.NSName,
+		Labels:         cfg.Labels,
+		URL:            cfg.ListenOn,
+		Lifetime:       cfg.MaxTokenLifetime,
+		Logger:         log,
+	})
 
 	select {
 	case err := <-errc:
+		registration.Close()
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
 	log.InfoContext(ctx, "shutting down; vWires stay in place")
+	registration.Close()
 	done := make(chan struct{})
 	go func() { gs.GracefulStop(); close(done) }()
 	select {

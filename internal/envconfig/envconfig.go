@@ -5,7 +5,8 @@
 //	Name string `env:"NSM_NAME" default:"forwarder" desc:"name of this forwarder"`
 //
 // Supported field types: string, bool, int, uint32, time.Duration,
-// []string (comma-separated) and slog.Level.
+// []string (comma-separated), map[string]string (comma-separated key:value
+// pairs, as NSM_LABELS) and slog.Level.
 package envconfig
 
 import (
@@ -98,6 +99,22 @@ func set(field reflect.Value, raw string) error {
 			return err
 		}
 		field.SetUint(n)
+	case reflect.Map:
+		if field.Type() != reflect.TypeFor[map[string]string]() {
+			return fmt.Errorf("unsupported map type %s", field.Type())
+		}
+		out := map[string]string{}
+		for kv := range strings.SplitSeq(raw, ",") {
+			if kv = strings.TrimSpace(kv); kv == "" {
+				continue
+			}
+			k, v, ok := strings.Cut(kv, ":")
+			if !ok || strings.TrimSpace(k) == "" {
+				return fmt.Errorf("%q is not key:value", kv)
+			}
+			out[strings.TrimSpace(k)] = strings.TrimSpace(v)
+		}
+		field.Set(reflect.ValueOf(out))
 	case reflect.Slice:
 		if field.Type().Elem().Kind() != reflect.String {
 			return fmt.Errorf("unsupported slice type %s", field.Type())
