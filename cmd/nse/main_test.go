@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -94,9 +95,10 @@ func TestHelp(t *testing.T) {
 	if code := mainErr([]string{"--help"}, env(nil), &out, &errb); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
-	for _, ev := range envVars {
-		if !strings.Contains(out.String(), ev.name) {
-			t.Errorf("help lacks %s", ev.name)
+	typ := reflect.TypeFor[Config]()
+	for i := range typ.NumField() {
+		if name := typ.Field(i).Tag.Get("env"); name != "" && !strings.Contains(out.String(), name) {
+			t.Errorf("help lacks %s", name)
 		}
 	}
 	if code := mainErr([]string{"--bogus"}, env(nil), &out, &errb); code != 2 {

@@ -64,9 +64,15 @@ func set(field reflect.Value, raw string) error {
 		return nil
 	case field.Type() == levelType:
 		var l slog.Level
-		// NSM uses TRACE as its most verbose level; slog's DEBUG is the closest.
-		if strings.EqualFold(raw, "trace") {
-			raw = "debug"
+		// NSM uses logrus' level names; map those slog lacks to the
+		// closest slog level.
+		switch strings.ToUpper(strings.TrimSpace(raw)) {
+		case "TRACE":
+			raw = "DEBUG"
+		case "WARNING":
+			raw = "WARN"
+		case "FATAL", "PANIC":
+			raw = "ERROR"
 		}
 		if err := l.UnmarshalText([]byte(raw)); err != nil {
 			return err
