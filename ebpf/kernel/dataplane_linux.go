@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -61,6 +62,7 @@ type Dataplane struct {
 	host     *netlink.Handle
 	deleter  *deleter
 	locks    keyedMutex
+	probed   atomic.Bool // the program has loaded once: Ready stops probing
 }
 
 var _ forwarder.Dataplane = (*Dataplane)(nil)
@@ -158,8 +160,15 @@ func (d *Dataplane) Ready(context.Context) error {
 	if err := isBPFFS(filepath.Join(d.opts.PinDir, d.opts.Name)); err != nil {
 		return forwarder.Errorf(forwarder.CodeUnavailable, "", "kernel dataplane: %w", err)
 	}
-	if err := xconnect.Probe(); err != nil {
-		return forwarder.Errorf(forwarder.CodeUnavailable, "", "kernel dataplane: %w", err)
+	// Loading the program is probed until it first succeeds, not on every
+	// health check: each probe is a BPF program that appears machine-wide
+	// for a moment, which operators (and leak checks) counting programs
+	// would see.
+	if !d.probed.Load() {
+		if err := xconnect.Probe(); err != nil {
+			return forwarder.Errorf(forwarder.CodeUnavailable, "", "kernel dataplane: %w", err)
+		}
+		d.probed.Store(true)
 	}
 	return nil
 }

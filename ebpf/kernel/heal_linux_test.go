@@ -2,9 +2,13 @@ package kernel
 
 import (
 	"context"
+
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 
 	"github.com/nsmfwd/nsmfwd/forwarder"
 	"github.com/nsmfwd/nsmfwd/internal/netns/nstest"
@@ -67,4 +71,52 @@ func TestEndpointDeathAndHeal(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestReadyLoadsNoProgramsOnceProbed: health checks call Ready every few
+// seconds; after the first success they must not load (probe) programs,
+// which would show up in machine-wide BPF program counts. A probe frees its
+// program before Ready returns, so the test watches the kernel's program id
+// allocator instead: ids increase, so a marker program loaded before and
+// after the Ready calls gets consecutive ids only if nothing else was loaded.
+func TestReadyLoadsNoProgramsOnceProbed(t *testing.T) {
+	e := newEnv(t)
+	d := e.dataplane("auto")
+	ctx := context.Background()
+	if err := d.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	markerProgramID(t) // warm-up: cilium/ebpf probes kernel features once
+	first := markerProgramID(t)
+	for range 20 {
+		if err := d.Ready(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if next := markerProgramID(t); next != first+1 {
+		t.Fatalf("program ids went from %d to %d across 20 Ready calls: Ready loaded programs", first, next)
+	}
+}
+
+// markerProgramID loads and unloads a trivial program and returns its id.
+func markerProgramID(t *testing.T) ebpf.ProgramID {
+	t.Helper()
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.SocketFilter,
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+		License:      "MIT",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	info, err := p.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, ok := info.ID()
+	if !ok {
+		t.Skip("kernel does not report program ids")
+	}
+	return id
 }
