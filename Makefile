@@ -8,7 +8,7 @@ GOLANGCI_LINT_VERSION := v2.7.2
 TEST_FLAGS ?= -race -count=1 -p 1
 
 .DEFAULT_GOAL := help
-.PHONY: help build test demo generate generate-check lint bench
+.PHONY: help build test test-interop demo generate generate-check lint bench
 .PHONY: image validate
 
 help: ## list the targets
@@ -18,8 +18,12 @@ build: ## build nsmfwd, nsmctl and nse into ./bin
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./cmd/...
 
-test: ## run every test; as root this includes the privileged namespace/eBPF tests
+test: ## run every test (main module, then test/interop); as root this includes the privileged namespace/eBPF tests
 	$(GO) test $(TEST_FLAGS) ./...
+	$(MAKE) --no-print-directory test-interop
+
+test-interop: ## (root) nsmfwd as the forwarder of NSM sdk's own registry, NSMgr, NSE and NSC (own module, test/interop)
+	cd test/interop && $(GO) test $(TEST_FLAGS) ./...
 
 demo: build ## (root) connect a client to an endpoint over the eBPF cross-connect, ping, close, show nothing is left
 	@bash deployments/demo/demo.sh $(BIN)
@@ -36,6 +40,7 @@ generate-check: generate ## fail if the committed eBPF objects differ from what 
 
 lint: ## golangci-lint (pinned, run through go run; not in go.mod)
 	$(GO) run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION) run ./...
+	cd test/interop && $(GO) run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION) run ./...
 
 IMAGE ?= ghcr.io/nsmfwd/nsmfwd:dev
 VPP_VERSION ?=

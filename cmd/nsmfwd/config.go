@@ -12,7 +12,7 @@ type Config struct {
 	NSName           string            `env:"NSM_NSNAME" default:"forwarder" desc:"network service the forwarder registers for; NSMgr finds forwarders by it"`
 	Labels           map[string]string `env:"NSM_LABELS" default:"p2p:true" desc:"labels of the forwarder's registration (key:value,...), matched by NSMgr when it picks a forwarder"`
 	ListenOn         string            `env:"NSM_LISTEN_ON" default:"unix:///var/lib/networkservicemesh/nsmfwd.sock" desc:"where the NSM API is served: unix:///path or tcp://host:port"`
-	ConnectTo        string            `env:"NSM_CONNECT_TO" default:"unix:///var/lib/networkservicemesh/nsm.io.sock" desc:"NSMgr (next hop for the endpoint side and registry proxy for the forwarder's registration), or an endpoint directly: unix:///path or tcp://host:port"`
+	ConnectTo        string            `env:"NSM_CONNECT_TO" default:"unix:///var/lib/networkservicemesh/nsm.io.sock" desc:"NSMgr, the registry proxy: the forwarder registers there and finds each connection's endpoint there, then dials the endpoint's own URL. A URL without registry (an endpoint used directly) is the next hop itself. unix:///path or tcp://host:port"`
 	DialTimeout      time.Duration     `env:"NSM_DIAL_TIMEOUT" default:"5s" desc:"timeout for connecting to the next hop"`
 	RequestTimeout   time.Duration     `env:"NSM_REQUEST_TIMEOUT" default:"15s" desc:"upper bound on one Request, next hop included"`
 	MaxTokenLifetime time.Duration     `env:"NSM_MAX_TOKEN_LIFETIME" default:"10m" desc:"lifetime of the token and expiry the forwarder puts in its own path segment"`

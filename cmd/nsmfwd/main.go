@@ -120,6 +120,10 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 	}
 	defer next.Close()
+	// NSMgr is the registry proxy; the endpoint side goes to the endpoint
+	// found there (or to NSM_CONNECT_TO itself when it has no registry).
+	nextHop := controlplane.NewNextHop(registry.NewNetworkServiceEndpointRegistryClient(next), networkservice.NewNetworkServiceClient(next))
+	defer nextHop.CloseConns()
 
 	hs := health.NewServer()
 	var reg *prometheus.Registry
@@ -130,7 +134,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 	srv, err := controlplane.New(controlplane.Options{
 		Name:             cfg.Name,
 		Dataplane:        dp,
-		NextHop:          networkservice.NewNetworkServiceClient(next),
+		NextHop:          nextHop,
 		Store:            store,
 		MaxTokenLifetime: cfg.MaxTokenLifetime,
 		RequestTimeout:   cfg.RequestTimeout,
