@@ -11,13 +11,17 @@ import (
 	"github.com/nsmfwd/nsmfwd/forwarder"
 )
 
-// Update finds or inserts the path segment of the hop called name, the way
-// NSM's sdk (updatepath) does:
+// Update finds or takes the path segment of the hop called name, the way
+// NSM's sdk v1.18.0 (updatepath) does:
 //
-//   - an empty path gets one segment, ours, with id newID;
+//   - an empty path gets one segment, ours, with the connection's id (or
+//     newID when it has none);
 //   - if the segment at Path.Index is ours, it is used as is;
 //   - if the segment after Path.Index is ours (a refresh), Index moves to it;
-//   - otherwise a new segment with id newID is inserted after Index.
+//   - if the segment after Path.Index belongs to another hop (the path was
+//     routed elsewhere before, e.g. a heal through another forwarder), it
+//     becomes ours with id newID and the segments after it stay;
+//   - otherwise our segment, with id newID, is appended.
 //
 // It returns the caller's index, to be restored on the way back, and leaves
 // Path.Index on our segment. conn.Id is set to our segment's id.
@@ -27,9 +31,13 @@ func Update(conn *networkservice.Connection, name, newID string) (prevIndex uint
 	}
 	path := conn.GetPath()
 	if len(path.GetPathSegments()) == 0 {
-		path.PathSegments = []*networkservice.PathSegment{{Name: name, Id: newID}}
+		id := conn.GetId()
+		if id == "" {
+			id = newID
+		}
+		path.PathSegments = []*networkservice.PathSegment{{Name: name, Id: id}}
 		path.Index = 0
-		conn.Id = newID
+		conn.Id = id
 		return 0, nil
 	}
 	if int(path.GetIndex()) >= len(path.GetPathSegments()) {
@@ -42,13 +50,13 @@ func Update(conn *networkservice.Connection, name, newID string) (prevIndex uint
 	case int(idx+1) < len(path.GetPathSegments()) && path.GetPathSegments()[idx+1].GetName() == name:
 		prevIndex = idx
 		path.Index = idx + 1
+	case int(idx+1) < len(path.GetPathSegments()):
+		// Another hop's segment: it becomes ours, with a new id.
+		path.PathSegments[idx+1] = &networkservice.PathSegment{Name: name, Id: newID}
+		path.Index = idx + 1
+		prevIndex = idx
 	default:
-		segs := make([]*networkservice.PathSegment, 0, len(path.GetPathSegments())+1)
-		segs = append(segs, path.GetPathSegments()[:idx+1]...)
-		segs = append(segs, &networkservice.PathSegment{Name: name, Id: newID})
-		// Segments after ours belonged to a previous route; NSM drops them
-		// when a new segment is inserted.
-		path.PathSegments = segs
+		path.PathSegments = append(path.PathSegments, &networkservice.PathSegment{Name: name, Id: newID})
 		path.Index = idx + 1
 		prevIndex = idx
 	}

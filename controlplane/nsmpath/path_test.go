@@ -24,14 +24,18 @@ func TestUpdate(t *testing.T) {
 		wantLen   int
 	}{
 		{"empty path", nil, 0, 0, "new", 1},
+		{"empty path keeps the connection id", &networkservice.Path{}, 0, 0, "conn-id", 1},
 		{"insert after caller", &networkservice.Path{Index: 0, PathSegments: segs("nsc")}, 1, 0, "new", 2},
 		{"refresh: next is ours", &networkservice.Path{Index: 1, PathSegments: segs("nsc", "nsmgr", "fwd", "nse")}, 2, 1, "fwd-id", 4},
 		{"current is ours", &networkservice.Path{Index: 2, PathSegments: segs("nsc", "nsmgr", "fwd")}, 2, 2, "fwd-id", 3},
-		{"insert drops stale tail", &networkservice.Path{Index: 1, PathSegments: segs("nsc", "nsmgr", "other", "nse")}, 2, 1, "new", 3},
+		{"another hop's segment becomes ours, tail kept", &networkservice.Path{Index: 1, PathSegments: segs("nsc", "nsmgr", "other", "nse")}, 2, 1, "new", 4},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			conn := &networkservice.Connection{Path: tt.path}
+			if tt.wantID == "conn-id" {
+				conn.Id = "conn-id"
+			}
 			prev, err := Update(conn, "fwd", "new")
 			if err != nil {
 				t.Fatal(err)
