@@ -1,6 +1,8 @@
 package kernel
 
 import (
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
@@ -11,8 +13,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// groupBase is the first link group the deleter uses; groups are otherwise
-// rarely used on a node, and 0 is the kernel's default group.
+// groupBase marks the link groups the deleter uses (groups are otherwise
+// rarely used on a node; 0 is the kernel's default). Below it, 16 bits are
+// a random per-deleter salt and 8 bits a batch sequence: a group delete
+// removes every link of the group in the namespace, so two forwarders
+// sharing a namespace (a rolling restart, parallel tests) must not pick
+// the same group at the same moment.
 const groupBase = 0x6e000000
 
 // deleter deletes node-side links in batches. Deleting a veth costs an RCU
@@ -31,6 +37,7 @@ type deleter struct {
 	waiters []chan error // callers in the open batch
 	running bool         // a batch is being deleted
 	seq     uint32       // distinguishes successive groups
+	salt    uint32       // 16 random bits: distinguishes deleters
 }
 
 func newDeleter(h *netlink.Handle, ns netns.NsHandle) (*deleter, error) {
@@ -38,7 +45,12 @@ func newDeleter(h *netlink.Handle, ns netns.NsHandle) (*deleter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netlink socket for link deletion: %w", err)
 	}
-	d := &deleter{h: h, sock: sock}
+	var salt [2]byte
+	if _, err := rand.Read(salt[:]); err != nil {
+		sock.Close()
+		return nil, fmt.Errorf("link group salt: %w", err)
+	}
+	d := &deleter{h: h, sock: sock, salt: uint32(binary.BigEndian.Uint16(salt[:]))}
 	d.group = d.nextGroupLocked()
 	return d, nil
 }
@@ -51,7 +63,7 @@ func (d *deleter) close() {
 
 func (d *deleter) nextGroupLocked() uint32 {
 	d.seq++
-	return groupBase + d.seq%0x00ffffff
+	return groupBase | d.salt<<8 | d.seq&0xff
 }
 
 // delete removes links (and their veth peers) and returns once they are

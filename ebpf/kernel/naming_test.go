@@ -1,6 +1,8 @@
 package kernel
 
 import (
+	"crypto/rand"
+	"encoding/binary"
 	"strings"
 	"testing"
 
@@ -54,5 +56,26 @@ func TestPinDirName(t *testing.T) {
 	}
 	if got := connPinDir("/sys/fs/bpf/nsmfwd", "fwd", "c1"); got != "/sys/fs/bpf/nsmfwd/fwd/c1" {
 		t.Errorf("connPinDir = %q", got)
+	}
+}
+
+// Two deleters (two forwarders sharing a namespace) must not use the same
+// link groups, or one's batch delete would remove the other's links.
+func TestDeleterGroupsDifferAcrossInstances(t *testing.T) {
+	seen := map[uint32]int{}
+	for i := range 8 {
+		var salt [2]byte
+		_, _ = rand.Read(salt[:])
+		d := &deleter{salt: uint32(binary.BigEndian.Uint16(salt[:]))}
+		for range 4 {
+			g := d.nextGroupLocked()
+			if g&0xff000000 != groupBase {
+				t.Fatalf("group %#x lost its marker", g)
+			}
+			if prev, ok := seen[g]; ok && prev != i {
+				t.Fatalf("group %#x used by deleters %d and %d", g, prev, i)
+			}
+			seen[g] = i
+		}
 	}
 }
