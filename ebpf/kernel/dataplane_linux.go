@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -51,6 +52,9 @@ const DefaultPinDir = "/sys/fs/bpf/nsmfwd"
 const routeProto netlink.RouteProtocol = 0x6e // 'n'
 
 const rollbackTimeout = 10 * time.Second
+
+// reconcileWorkers bounds how many connections a restart adopts at once.
+const reconcileWorkers = 8
 
 // Dataplane is the kernel (veth + eBPF) dataplane.
 type Dataplane struct {
@@ -266,7 +270,7 @@ func isNotFound(err error) bool {
 func (d *Dataplane) Connect(ctx context.Context, c *Conn) error {
 	unlock := d.locks.lock(c.ID)
 	defer unlock()
-	_, err := d.connect(ctx, c)
+	_, err := d.connect(ctx, c, false)
 	return err
 }
 
@@ -299,8 +303,11 @@ func (s *sideState) close() {
 
 // connect creates or refreshes c and reports whether it had to create or
 // reinstall anything (false: everything was there and only L3 settings
-// were brought in line).
-func (d *Dataplane) connect(ctx context.Context, c *Conn) (changed bool, err error) {
+// were brought in line). adopt (a restart's Reconcile) leaves the L3
+// settings of an interface that survived alone: reading them back costs
+// namespace-wide dumps per connection, which would keep a forwarder with
+// a thousand vWires from serving for seconds; the next refresh re-syncs.
+func (d *Dataplane) connect(ctx context.Context, c *Conn, adopt bool) (changed bool, err error) {
 	log := d.log.With("conn_id", c.ID)
 	sides := []*sideState{
 		{kind: forwarder.SideClient, side: &c.Client},
@@ -374,7 +381,7 @@ func (d *Dataplane) connect(ctx context.Context, c *Conn) (changed bool, err err
 			changed = true
 			reinstall = true
 		}
-		flip, err := d.configurePeer(s, c.MTU, ipMode)
+		flip, err := d.configurePeer(s, c.MTU, ipMode, !adopt || s.created)
 		if err != nil {
 			return changed, err
 		}
@@ -518,7 +525,7 @@ func (d *Dataplane) configureHost(s *sideState, mtu uint32) error {
 // configurePeer applies alias, MTU, ARP mode, state and L3 settings to the
 // in-namespace end. flipped reports an ARP mode change (payload change),
 // which needs the program reloaded.
-func (d *Dataplane) configurePeer(s *sideState, mtu uint32, ipMode bool) (flipped bool, err error) {
+func (d *Dataplane) configurePeer(s *sideState, mtu uint32, ipMode, syncL3 bool) (flipped bool, err error) {
 	h, l := s.nl, s.peer
 	a := l.Attrs()
 	if a.Alias != s.alias {
@@ -547,6 +554,9 @@ func (d *Dataplane) configurePeer(s *sideState, mtu uint32, ipMode bool) (flippe
 		if err := h.LinkSetUp(l); err != nil {
 			return false, fmt.Errorf("connect %s: link up: %w", s.kind, err)
 		}
+	}
+	if !syncL3 {
+		return flipped, nil
 	}
 	if err := syncAddrs(h, l, s.side.IP.Addrs, s.created); err != nil {
 		return false, fmt.Errorf("connect %s: %w", s.kind, err)
@@ -634,23 +644,38 @@ func (d *Dataplane) Reconcile(ctx context.Context, wanted []*forwarder.Conn) (fo
 	}
 
 	want := map[string]bool{}
+	var (
+		mu  sync.Mutex
+		wg  sync.WaitGroup
+		sem = make(chan struct{}, reconcileWorkers)
+	)
 	for _, c := range wanted {
 		want[c.ID] = true
 		delete(dirs, pinDirName(c.ID))
-		unlock := d.locks.lock(c.ID)
-		changed, err := d.connect(ctx, c)
-		if err != nil {
-			res.Failed[c.ID] = err
-			if rerr := d.remove(ctx, c.ID); rerr != nil {
-				res.Failed[c.ID] = errors.Join(err, rerr)
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			unlock := d.locks.lock(c.ID)
+			defer unlock()
+			changed, err := d.connect(ctx, c, true)
+			if err != nil {
+				if rerr := d.remove(ctx, c.ID); rerr != nil {
+					err = errors.Join(err, rerr)
+				}
 			}
-		} else if changed {
-			res.Rebuilt = append(res.Rebuilt, c.ID)
-		} else {
-			res.Adopted = append(res.Adopted, c.ID)
-		}
-		unlock()
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err != nil:
+				res.Failed[c.ID] = err
+			case changed:
+				res.Rebuilt = append(res.Rebuilt, c.ID)
+			default:
+				res.Adopted = append(res.Adopted, c.ID)
+			}
+		})
 	}
+	wg.Wait()
 	var errs []error
 	for id := range owned {
 		delete(dirs, pinDirName(id))

@@ -120,3 +120,34 @@ func markerProgramID(t *testing.T) ebpf.ProgramID {
 	}
 	return id
 }
+
+// TestAdoptionThenRefreshRepairsDrift: a restart adopts an intact vWire
+// without reading its L3 settings back (fast restarts); an address removed
+// behind the forwarder's back is restored by the next refresh.
+func TestAdoptionThenRefreshRepairsDrift(t *testing.T) {
+	e := newEnv(t)
+	client, endpoint := newPeer(t), newPeer(t)
+	ctx := context.Background()
+	d1 := e.dataplane("auto")
+	c := newConn(t, "drift", forwarder.PayloadEthernet, client, endpoint)
+	if err := d1.Connect(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := nstest.Exec(t, client.name, "ip", "addr", "del", "10.60.0.1/32", "dev", "nsm0"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	_ = d1.Close()
+
+	d2 := e.dataplane("auto") // the restarted forwarder
+	res, err := d2.Reconcile(ctx, []*forwarder.Conn{c.Clone()})
+	if err != nil || len(res.Adopted) != 1 {
+		t.Fatalf("Reconcile = %+v, %v; want the connection adopted", res, err)
+	}
+	if err := d2.Connect(ctx, c.Clone()); err != nil { // the next refresh
+		t.Fatal(err)
+	}
+	pingAll(t, client, endpoint, "10.60.0.1")
+	if err := d2.Disconnect(ctx, c.ID); err != nil {
+		t.Fatal(err)
+	}
+}

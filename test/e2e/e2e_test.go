@@ -183,9 +183,6 @@ func TestSIGKILLRestart(t *testing.T) {
 		}
 		conns = append(conns, c)
 	}
-	epAddr := func(c *networkservice.Connection) netip.Addr {
-		return netip.MustParsePrefix(c.GetContext().GetIpContext().GetDstIpAddrs()[0]).Addr()
-	}
 	for _, c := range conns {
 		if err := w.ping(w.client, epAddr(c)); err != nil {
 			t.Fatal(err)
@@ -284,3 +281,8 @@ func equalLinks(a, b map[string][]string) bool {
 }
 
 func sorted(s []uint32) []uint32 { s = slices.Clone(s); slices.Sort(s); return s }
+
+// epAddr is the endpoint's first address of conn.
+func epAddr(c *networkservice.Connection) netip.Addr {
+	return netip.MustParsePrefix(c.GetContext().GetIpContext().GetDstIpAddrs()[0]).Addr()
+}
