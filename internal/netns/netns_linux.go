@@ -72,8 +72,15 @@ var inodeCache = struct {
 }{paths: make(map[devIno]string)}
 
 // searchGlobs are scanned in order for an inode reference: named namespaces
-// first (cheap, stable), then every process's namespace.
-var searchGlobs = []string{"/run/netns/*", "/var/run/netns/*", "/proc/[0-9]*/ns/net"}
+// first (cheap, stable), then every process's namespace, then every
+// thread's (a client may have moved only a locked thread).
+var searchGlobs = []string{"/run/netns/*", "/var/run/netns/*", "/proc/[0-9]*/ns/net", "/proc/[0-9]*/task/[0-9]*/ns/net"}
+
+// fdGlob is the last resort: a namespace that no mount, process or thread
+// is in, held only by an open descriptor (a client that created it, or
+// NSM's grpcfd holding it to pass it on). Only descriptors whose link reads
+// "net:[INO]" are opened.
+const fdGlob = "/proc/[0-9]*/fd/*"
 
 func statDevIno(path string) (devIno, bool) {
 	var st unix.Stat_t
@@ -112,7 +119,26 @@ func resolveInode(ref forwarder.NetNSRef) (netns.NsHandle, error) {
 			return h, nil
 		}
 	}
+	if h, ok := resolveFromFDs(key); ok {
+		return h, nil
+	}
 	return netns.None(), forwarder.Errorf(forwarder.CodeNotFound, "", "network namespace %s: no namespace file with that device and inode", ref)
+}
+
+// resolveFromFDs finds the namespace among open file descriptors. The path
+// is not cached: descriptor numbers are reused too quickly to be worth it.
+func resolveFromFDs(key devIno) (netns.NsHandle, bool) {
+	want := fmt.Sprintf("net:[%d]", key.ino)
+	matches, _ := filepath.Glob(fdGlob)
+	for _, p := range matches {
+		if target, err := os.Readlink(p); err != nil || target != want {
+			continue
+		}
+		if h, err := openVerified(p, key); err == nil {
+			return h, true
+		}
+	}
+	return netns.None(), false
 }
 
 // openVerified opens path and checks that the opened file (not just the

@@ -134,3 +134,64 @@ func TestDo(t *testing.T) {
 		t.Fatal("Do with a closed handle succeeded")
 	}
 }
+
+// newUnmountedNetNS creates a network namespace that no mount and no
+// process is in: only the returned handle holds it.
+func newUnmountedNetNS(t *testing.T) netns.NsHandle {
+	t.Helper()
+	done := make(chan netns.NsHandle)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			t.Error(err)
+			done <- netns.None()
+			return
+		}
+		h, err := netns.New() // moves this thread into the new namespace
+		if err != nil {
+			t.Error(err)
+			done <- netns.None()
+			return
+		}
+		if err := netns.Set(orig); err != nil {
+			// Leave the thread locked: it dies with this goroutine.
+			t.Error(err)
+			done <- h
+			return
+		}
+		_ = orig.Close()
+		runtime.UnlockOSThread()
+		done <- h
+	}()
+	h := <-done
+	if !h.IsOpen() {
+		t.FailNow()
+	}
+	t.Cleanup(func() { _ = h.Close() })
+	return h
+}
+
+// An inode reference to a namespace held only by an open descriptor (no
+// /run/netns mount, no process or thread inside) resolves through the
+// descriptor scan.
+func TestResolveInodeHeldOnlyByFD(t *testing.T) {
+	nstest.RequireRoot(t)
+	h := newUnmountedNetNS(t)
+	url, err := inetns.InodeURL(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := forwarder.ParseNetNSURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := inetns.Resolve(ref)
+	if err != nil {
+		t.Fatalf("Resolve(%s): %v", url, err)
+	}
+	defer got.Close()
+	if same, err := inetns.Same(got, h); err != nil || !same {
+		t.Fatalf("Resolve(%s) opened another namespace (same=%v, err=%v)", url, same, err)
+	}
+}
