@@ -134,25 +134,14 @@ func (w *world) ping(ns string, addr netip.Addr) error {
 // flows while it is down, and the restarted forwarder lists them, accepts a
 // refresh and duplicates or leaks nothing.
 func TestSIGKILLRestart(t *testing.T) {
-	nstest.RequireRoot(t)
-	w := &world{t: t, bin: buildBinaries(t), dir: t.TempDir(), name: fmt.Sprintf("e2e-%d", time.Now().UnixNano()%1e9)}
-	// Whatever happens, leave no pinned object of this forwarder behind.
-	t.Cleanup(func() { _ = os.RemoveAll(filepath.Join("/sys/fs/bpf/nsmfwd", w.name)) })
-	w.node, w.nodePath = nstest.New(t)
-	w.client, w.clientPath = nstest.New(t)
-	w.endpoint, w.epPath = nstest.New(t)
+	w := newWorld(t, "e2e")
 	progsBefore := nstest.BPFProgIDs(t)
 	linksBefore := w.links()
 
 	// The forwarder starts before its next hop, as it may before NSMgr: it
 	// serves anyway and answers Unavailable until the next hop is up.
 	w.startForwarder()
-	cc, err := grpc.NewClient("unix://"+filepath.Join(w.dir, "fwd.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	client := networkservice.NewNetworkServiceClient(cc)
+	_, client := w.dialForwarder()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	reqOpts := func(i int) nsc.RequestOptions {
@@ -162,13 +151,7 @@ func TestSIGKILLRestart(t *testing.T) {
 		t.Fatalf("Request with the next hop down: got %v, want Unavailable", err)
 	}
 
-	start(t, w, "nse", []string{
-		"NSM_NAME=nse-" + w.name,
-		"NSM_LISTEN_ON=unix://" + filepath.Join(w.dir, "nse.sock"),
-		"NSM_SERVICE_NAMES=icmp-responder",
-		"NSM_CIDR_PREFIX=169.254.0.0/16",
-	}, "ip", "netns", "exec", w.endpoint, filepath.Join(w.bin, "nse"))
-	waitSocket(t, filepath.Join(w.dir, "nse.sock"))
+	w.startNSE("NSM_SERVICE_NAMES=icmp-responder", "NSM_CIDR_PREFIX=169.254.0.0/16")
 
 	var conns []*networkservice.Connection
 	for i := range 3 {
@@ -285,4 +268,40 @@ func sorted(s []uint32) []uint32 { s = slices.Clone(s); slices.Sort(s); return s
 // epAddr is the endpoint's first address of conn.
 func epAddr(c *networkservice.Connection) netip.Addr {
 	return netip.MustParsePrefix(c.GetContext().GetIpContext().GetDstIpAddrs()[0]).Addr()
+}
+
+// newWorld builds the binaries and three throwaway namespaces (node,
+// client, endpoint) for a test whose forwarder is named prefix-<n>; the
+// forwarder's pins are removed whatever happens.
+func newWorld(t *testing.T, prefix string) *world {
+	t.Helper()
+	nstest.RequireRoot(t)
+	w := &world{t: t, bin: buildBinaries(t), dir: t.TempDir(), name: fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano()%1e9)}
+	t.Cleanup(func() { _ = os.RemoveAll(filepath.Join("/sys/fs/bpf/nsmfwd", w.name)) })
+	w.node, w.nodePath = nstest.New(t)
+	w.client, w.clientPath = nstest.New(t)
+	w.endpoint, w.epPath = nstest.New(t)
+	return w
+}
+
+// startNSE runs nse in the endpoint namespace with env added to its name
+// and socket, and waits for its socket.
+func (w *world) startNSE(env ...string) {
+	w.t.Helper()
+	sock := filepath.Join(w.dir, "nse.sock")
+	start(w.t, w, "nse", append([]string{"NSM_NAME=nse-" + w.name, "NSM_LISTEN_ON=unix://" + sock}, env...),
+		"ip", "netns", "exec", w.endpoint, filepath.Join(w.bin, "nse"))
+	waitSocket(w.t, sock)
+}
+
+// dialForwarder returns a client to the forwarder's socket, closed at the
+// end of the test.
+func (w *world) dialForwarder() (*grpc.ClientConn, networkservice.NetworkServiceClient) {
+	w.t.Helper()
+	cc, err := grpc.NewClient("unix://"+filepath.Join(w.dir, "fwd.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	w.t.Cleanup(func() { _ = cc.Close() })
+	return cc, networkservice.NewNetworkServiceClient(cc)
 }

@@ -5,16 +5,10 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/networkservicemesh/api/pkg/api/networkservice"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/nsmfwd/nsmfwd/controlplane/nsc"
 	"github.com/nsmfwd/nsmfwd/internal/netns/nstest"
@@ -66,27 +60,11 @@ func sample(body, name string, labels ...string) float64 {
 // connection with traffic: the per-connection counters rise with the
 // packets sent and disappear after Close.
 func TestMetricsScrape(t *testing.T) {
-	nstest.RequireRoot(t)
-	w := &world{t: t, bin: buildBinaries(t), dir: t.TempDir(), name: fmt.Sprintf("e2em-%d", time.Now().UnixNano()%1e9)}
-	t.Cleanup(func() { _ = os.RemoveAll(filepath.Join("/sys/fs/bpf/nsmfwd", w.name)) })
+	w := newWorld(t, "e2em")
 	w.fwdEnv = []string{"PROMETHEUS=true", "NSM_PROMETHEUS_LISTEN_ON=" + metricsAddr}
-	w.node, w.nodePath = nstest.New(t)
-	w.client, w.clientPath = nstest.New(t)
-	w.endpoint, w.epPath = nstest.New(t)
-	start(t, w, "nse", []string{
-		"NSM_NAME=nse-" + w.name,
-		"NSM_LISTEN_ON=unix://" + filepath.Join(w.dir, "nse.sock"),
-		"NSM_CIDR_PREFIX=169.254.0.0/16",
-	}, "ip", "netns", "exec", w.endpoint, filepath.Join(w.bin, "nse"))
-	waitSocket(t, filepath.Join(w.dir, "nse.sock"))
+	w.startNSE("NSM_CIDR_PREFIX=169.254.0.0/16")
 	w.startForwarder()
-
-	cc, err := grpc.NewClient("unix://"+filepath.Join(w.dir, "fwd.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	client := networkservice.NewNetworkServiceClient(cc)
+	_, client := w.dialForwarder()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	conn, err := nsc.Request(ctx, client, nsc.RequestOptions{

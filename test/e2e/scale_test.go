@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"syscall"
@@ -13,8 +11,6 @@ import (
 	"time"
 
 	"github.com/networkservicemesh/api/pkg/api/networkservice"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/nsmfwd/nsmfwd/controlplane/nsc"
 	"github.com/nsmfwd/nsmfwd/internal/netns/nstest"
@@ -24,29 +20,13 @@ import (
 // the restarted forwarder adopts all of them (listed, refreshable, nothing
 // duplicated) and Close leaves nothing. Logs how long adoption took.
 func TestScaleSIGKILLRestart(t *testing.T) {
-	nstest.RequireRoot(t)
 	const n = 300
-	w := &world{t: t, bin: buildBinaries(t), dir: t.TempDir(), name: fmt.Sprintf("e2es-%d", time.Now().UnixNano()%1e9)}
-	t.Cleanup(func() { _ = os.RemoveAll(filepath.Join("/sys/fs/bpf/nsmfwd", w.name)) })
-	w.node, w.nodePath = nstest.New(t)
-	w.client, w.clientPath = nstest.New(t)
-	w.endpoint, w.epPath = nstest.New(t)
+	w := newWorld(t, "e2es")
 	progsBefore := nstest.BPFProgIDs(t)
 	linksBefore := w.links()
-	start(t, w, "nse", []string{
-		"NSM_NAME=nse-" + w.name,
-		"NSM_LISTEN_ON=unix://" + filepath.Join(w.dir, "nse.sock"),
-		"NSM_CIDR_PREFIX=169.254.0.0/16,fd00:5::/112",
-	}, "ip", "netns", "exec", w.endpoint, filepath.Join(w.bin, "nse"))
-	waitSocket(t, filepath.Join(w.dir, "nse.sock"))
+	w.startNSE("NSM_CIDR_PREFIX=169.254.0.0/16,fd00:5::/112")
 	w.startForwarder()
-
-	cc, err := grpc.NewClient("unix://"+filepath.Join(w.dir, "fwd.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	client := networkservice.NewNetworkServiceClient(cc)
+	cc, client := w.dialForwarder()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
