@@ -73,6 +73,17 @@ func (c *common) dial() (*grpc.ClientConn, error) {
 	return cc, nil
 }
 
+// session dials the forwarder for one call: the context carries --timeout,
+// and done closes both.
+func (c *common) session(ctx context.Context) (*grpc.ClientConn, context.Context, func(), error) {
+	cc, err := c.dial()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	return cc, ctx, func() { cancel(); _ = cc.Close() }, nil
+}
+
 // ---- connect ----
 
 type connectCmd struct {
@@ -256,13 +267,11 @@ func parseClose(fs *flag.FlagSet, e env, args []string) (runner, error) {
 }
 
 func (c *byIDCmd) run(ctx context.Context, e env) error {
-	cc, err := c.dial()
+	cc, ctx, done, err := c.session(ctx)
 	if err != nil {
 		return err
 	}
-	defer cc.Close()
-	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
-	defer cancel()
+	defer done()
 	conns, err := nsc.List(ctx, networkservice.NewMonitorConnectionClient(cc), nil)
 	if err != nil {
 		return err
@@ -366,13 +375,11 @@ func parseList(fs *flag.FlagSet, e env, args []string) (runner, error) {
 }
 
 func (c *listCmd) run(ctx context.Context, e env) error {
-	cc, err := c.dial()
+	cc, ctx, done, err := c.session(ctx)
 	if err != nil {
 		return err
 	}
-	defer cc.Close()
-	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
-	defer cancel()
+	defer done()
 	conns, err := nsc.List(ctx, networkservice.NewMonitorConnectionClient(cc), nil)
 	if err != nil {
 		return err

@@ -27,13 +27,11 @@ func parseHealth(fs *flag.FlagSet, e env, args []string) (runner, error) {
 }
 
 func (c *healthCmd) run(ctx context.Context, e env) error {
-	cc, err := c.dial()
+	cc, ctx, done, err := c.session(ctx)
 	if err != nil {
 		return err
 	}
-	defer cc.Close()
-	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
-	defer cancel()
+	defer done()
 	resp, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{Service: c.Service})
 	if err != nil {
 		return err
