@@ -264,6 +264,21 @@ func (e *env) requireClean(what string) {
 	}
 }
 
+// requireUnchanged fails if links or BPF programs differ from snap, taken
+// before what (a refresh, a restart) happened.
+func (e *env) requireUnchanged(what string, snap snapshot) {
+	e.t.Helper()
+	now := e.snapshot()
+	for ns, l := range snap.links {
+		if !slices.Equal(l, now.links[ns]) {
+			e.t.Fatalf("%s changed links in %s: %v -> %v", what, ns, l, now.links[ns])
+		}
+	}
+	if !slices.Equal(snap.progs, now.progs) {
+		e.t.Fatalf("%s changed BPF programs: %v -> %v", what, snap.progs, now.progs)
+	}
+}
+
 func (e *env) sameAsBefore(now snapshot) bool {
 	for k, v := range e.before.links {
 		if !slices.Equal(v, now.links[k]) {

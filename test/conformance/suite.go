@@ -3,7 +3,6 @@ package conformance
 import (
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -86,15 +85,7 @@ func testRefresh(t *testing.T, h Harness) {
 			t.Fatalf("refresh: %v", err)
 		}
 	}
-	after := e.snapshot()
-	for ns, l := range during.links {
-		if !slices.Equal(l, after.links[ns]) {
-			t.Fatalf("refresh changed links in %s: %v -> %v", ns, l, after.links[ns])
-		}
-	}
-	if !slices.Equal(during.progs, after.progs) {
-		t.Fatalf("refresh changed BPF programs: %v -> %v", during.progs, after.progs)
-	}
+	e.requireUnchanged("refresh", during)
 	if n := len(e.fwd.srv.Connections()); n != 1 {
 		t.Fatalf("forwarder holds %d connections after refreshes, want 1", n)
 	}
@@ -333,15 +324,7 @@ func testRestart(t *testing.T, h Harness) {
 	if err != nil {
 		t.Fatalf("refresh after restart: %v", err)
 	}
-	after := e.snapshot()
-	for ns, l := range during.links {
-		if !slices.Equal(l, after.links[ns]) {
-			t.Fatalf("restart changed links in %s: %v -> %v", ns, l, after.links[ns])
-		}
-	}
-	if !slices.Equal(during.progs, after.progs) {
-		t.Fatalf("restart changed BPF programs: %v -> %v", during.progs, after.progs)
-	}
+	e.requireUnchanged("restart", during)
 	e.ping(e.client, eAddr)
 	if err := nsc.Close(e.ctx(), e.nsc, conn); err != nil {
 		t.Fatal(err)
