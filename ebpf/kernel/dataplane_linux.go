@@ -18,7 +18,9 @@ import (
 
 	"github.com/nsmfwd/nsmfwd/ebpf/xconnect"
 	"github.com/nsmfwd/nsmfwd/forwarder"
+	"github.com/nsmfwd/nsmfwd/internal/keyed"
 	inetns "github.com/nsmfwd/nsmfwd/internal/netns"
+	"github.com/nsmfwd/nsmfwd/internal/vwire"
 )
 
 // Options configure a Dataplane.
@@ -47,10 +49,6 @@ type Options struct {
 // otherwise.
 const DefaultPinDir = "/sys/fs/bpf/nsmfwd"
 
-// routeProto marks the routes the dataplane adds, so a refresh (even in a
-// new process) can tell them from routes the kernel or others added.
-const routeProto netlink.RouteProtocol = 0x6e // 'n'
-
 const rollbackTimeout = 10 * time.Second
 
 // reconcileWorkers bounds how many connections a restart adopts at once.
@@ -65,7 +63,7 @@ type Dataplane struct {
 	hostSelf bool           // hostNS is the process's own namespace
 	host     *netlink.Handle
 	deleter  *deleter
-	locks    keyedMutex
+	locks    keyed.Mutex
 	probed   atomic.Bool // the program has loaded once: Ready stops probing
 }
 
@@ -74,8 +72,8 @@ var _ forwarder.Dataplane = (*Dataplane)(nil)
 // New opens the host namespace, makes sure bpffs is mounted and returns a
 // Dataplane. It creates no vWire; call Reconcile to adopt existing ones.
 func New(ctx context.Context, opts Options) (*Dataplane, error) {
-	if !validName.MatchString(opts.Name) {
-		return nil, fmt.Errorf("kernel dataplane: name %q must match %s", opts.Name, validName)
+	if !vwire.ValidName.MatchString(opts.Name) {
+		return nil, fmt.Errorf("kernel dataplane: name %q must match %s", opts.Name, vwire.ValidName)
 	}
 	if opts.PinDir == "" {
 		opts.PinDir = DefaultPinDir
@@ -197,50 +195,22 @@ func (d *Dataplane) Close() error {
 	return nil
 }
 
-func paramsField(side forwarder.SideKind) string {
-	if side == forwarder.SideEndpoint {
-		return "endpoint.connection.mechanism.parameters."
-	}
-	return "connection.mechanism.parameters."
-}
-
-// resolveSide opens the namespace a side's mechanism names.
-func resolveSide(side forwarder.SideKind, m forwarder.Mechanism) (netns.NsHandle, error) {
-	field := paramsField(side) + forwarder.ParamNetNSURL
-	raw := m.Param(forwarder.ParamNetNSURL)
-	if raw == "" {
-		return netns.None(), forwarder.Errorf(forwarder.CodeInvalidArgument, field, "missing network namespace URL")
-	}
-	ref, err := forwarder.ParseNetNSURL(raw)
-	if err != nil {
-		return netns.None(), &forwarder.Error{Code: forwarder.CodeInvalidArgument, Field: field, Err: err}
-	}
-	h, err := inetns.Resolve(ref)
-	if err != nil {
-		if fe, ok := errors.AsType[*forwarder.Error](err); ok && fe.Field == "" {
-			return h, &forwarder.Error{Code: fe.Code, Field: field, Err: fe.Err}
-		}
-		return h, err
-	}
-	return h, nil
-}
-
 // Check implements forwarder.Dataplane.
 func (d *Dataplane) Check(_ context.Context, id string, side forwarder.SideKind, m forwarder.Mechanism) error {
 	if m.Type != forwarder.MechanismKernel {
-		return forwarder.Errorf(forwarder.CodeInvalidArgument, paramsField(side)[:len(paramsField(side))-len("parameters.")]+"type", "mechanism %q is not %s", m.Type, forwarder.MechanismKernel)
+		return forwarder.Errorf(forwarder.CodeInvalidArgument, vwire.ParamsField(side)[:len(vwire.ParamsField(side))-len("parameters.")]+"type", "mechanism %q is not %s", m.Type, forwarder.MechanismKernel)
 	}
-	ns, err := resolveSide(side, m)
+	ns, err := vwire.ResolveNetNS(side, m)
 	if err != nil {
 		return err
 	}
 	defer ns.Close()
 	name := m.Param(forwarder.ParamIfName)
 	if name == "" {
-		name = defaultIfName(d.opts.Name, id, side)
+		name = vwire.DefaultIfName(d.opts.Name, id, side)
 	}
 	if err := forwarder.ValidateIfName(name); err != nil {
-		return &forwarder.Error{Code: forwarder.CodeInvalidArgument, Field: paramsField(side) + forwarder.ParamIfName, Err: err}
+		return &forwarder.Error{Code: forwarder.CodeInvalidArgument, Field: vwire.ParamsField(side) + forwarder.ParamIfName, Err: err}
 	}
 	h, err := netlink.NewHandleAt(ns)
 	if err != nil {
@@ -249,26 +219,21 @@ func (d *Dataplane) Check(_ context.Context, id string, side forwarder.SideKind,
 	defer h.Close()
 	l, err := h.LinkByName(name)
 	if err != nil {
-		if isNotFound(err) {
+		if vwire.IsNotFound(err) {
 			return nil
 		}
 		return fmt.Errorf("check: link %q: %w", name, err)
 	}
-	if l.Attrs().Alias == linkAlias(d.opts.Name, id, side) {
+	if l.Attrs().Alias == vwire.LinkAlias(d.opts.Name, id, side) {
 		return nil
 	}
-	return forwarder.Errorf(forwarder.CodeAlreadyExists, paramsField(side)+forwarder.ParamIfName,
+	return forwarder.Errorf(forwarder.CodeAlreadyExists, vwire.ParamsField(side)+forwarder.ParamIfName,
 		"interface %q already exists in network namespace %s", name, m.Param(forwarder.ParamNetNSURL))
-}
-
-func isNotFound(err error) bool {
-	var lnf netlink.LinkNotFoundError
-	return errors.As(err, &lnf) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENOENT)
 }
 
 // Connect implements forwarder.Dataplane.
 func (d *Dataplane) Connect(ctx context.Context, c *Conn) error {
-	unlock := d.locks.lock(c.ID)
+	unlock := d.locks.Lock(c.ID)
 	defer unlock()
 	_, err := d.connect(ctx, c, false)
 	return err
@@ -276,30 +241,6 @@ func (d *Dataplane) Connect(ctx context.Context, c *Conn) error {
 
 // Conn is forwarder.Conn, named here for brevity.
 type Conn = forwarder.Conn
-
-// sideState is what connect learned or built for one side.
-type sideState struct {
-	kind     forwarder.SideKind
-	side     *forwarder.Side
-	ns       netns.NsHandle
-	nl       *netlink.Handle
-	hostName string
-	ifName   string
-	alias    string
-	host     netlink.Link
-	peer     netlink.Link
-	created  bool
-	sameNS   bool // the peer lives in the host namespace
-}
-
-func (s *sideState) close() {
-	if s.nl != nil {
-		s.nl.Close()
-	}
-	if s.ns.IsOpen() {
-		_ = s.ns.Close()
-	}
-}
 
 // connect creates or refreshes c and reports whether it had to create or
 // reinstall anything (false: everything was there and only L3 settings
@@ -309,41 +250,41 @@ func (s *sideState) close() {
 // a thousand vWires from serving for seconds; the next refresh re-syncs.
 func (d *Dataplane) connect(ctx context.Context, c *Conn, adopt bool) (changed bool, err error) {
 	log := d.log.With("conn_id", c.ID)
-	sides := []*sideState{
-		{kind: forwarder.SideClient, side: &c.Client},
-		{kind: forwarder.SideEndpoint, side: &c.Endpoint},
+	sides := []*vwire.End{
+		{Kind: forwarder.SideClient, Side: &c.Client},
+		{Kind: forwarder.SideEndpoint, Side: &c.Endpoint},
 	}
 	defer func() {
 		for _, s := range sides {
-			s.close()
+			s.Close()
 		}
 	}()
 	for _, s := range sides {
-		if s.side.Mechanism.Type != forwarder.MechanismKernel {
-			return false, forwarder.Errorf(forwarder.CodeInvalidArgument, paramsField(s.kind)[:len(paramsField(s.kind))-len("parameters.")]+"type",
-				"mechanism %q is not %s", s.side.Mechanism.Type, forwarder.MechanismKernel)
+		if s.Side.Mechanism.Type != forwarder.MechanismKernel {
+			return false, forwarder.Errorf(forwarder.CodeInvalidArgument, vwire.ParamsField(s.Kind)[:len(vwire.ParamsField(s.Kind))-len("parameters.")]+"type",
+				"mechanism %q is not %s", s.Side.Mechanism.Type, forwarder.MechanismKernel)
 		}
-		if s.ns, err = resolveSide(s.kind, s.side.Mechanism); err != nil {
+		if s.NS, err = vwire.ResolveNetNS(s.Kind, s.Side.Mechanism); err != nil {
 			return false, err
 		}
-		s.ifName = s.side.Mechanism.Param(forwarder.ParamIfName)
-		if s.ifName == "" {
-			s.ifName = defaultIfName(d.opts.Name, c.ID, s.kind)
-			if s.side.Mechanism.Params == nil {
-				s.side.Mechanism.Params = make(map[string]string)
+		s.IfName = s.Side.Mechanism.Param(forwarder.ParamIfName)
+		if s.IfName == "" {
+			s.IfName = vwire.DefaultIfName(d.opts.Name, c.ID, s.Kind)
+			if s.Side.Mechanism.Params == nil {
+				s.Side.Mechanism.Params = make(map[string]string)
 			}
-			s.side.Mechanism.Params[forwarder.ParamIfName] = s.ifName
+			s.Side.Mechanism.Params[forwarder.ParamIfName] = s.IfName
 		}
-		if err := forwarder.ValidateIfName(s.ifName); err != nil {
-			return false, &forwarder.Error{Code: forwarder.CodeInvalidArgument, Field: paramsField(s.kind) + forwarder.ParamIfName, Err: err}
+		if err := forwarder.ValidateIfName(s.IfName); err != nil {
+			return false, &forwarder.Error{Code: forwarder.CodeInvalidArgument, Field: vwire.ParamsField(s.Kind) + forwarder.ParamIfName, Err: err}
 		}
-		s.hostName = hostIfName(d.opts.Name, c.ID, s.kind)
-		s.alias = linkAlias(d.opts.Name, c.ID, s.kind)
-		if s.sameNS, err = inetns.Same(s.ns, d.hostNS); err != nil {
+		s.HostName = vwire.HostIfName(d.opts.Name, c.ID, s.Kind)
+		s.Alias = vwire.LinkAlias(d.opts.Name, c.ID, s.Kind)
+		if s.SameNS, err = inetns.Same(s.NS, d.hostNS); err != nil {
 			return false, err
 		}
-		if s.nl, err = netlink.NewHandleAt(s.ns); err != nil {
-			return false, fmt.Errorf("connect %s: netlink handle: %w", s.kind, err)
+		if s.NL, err = netlink.NewHandleAt(s.NS); err != nil {
+			return false, fmt.Errorf("connect %s: netlink handle: %w", s.Kind, err)
 		}
 	}
 
@@ -357,8 +298,8 @@ func (d *Dataplane) connect(ctx context.Context, c *Conn, adopt bool) (changed b
 		defer cancel()
 		var errs []error
 		for _, s := range sides {
-			if s.created && s.host != nil {
-				if derr := d.host.LinkDel(s.host); derr != nil && !isNotFound(derr) {
+			if s.Created && s.Host != nil {
+				if derr := d.host.LinkDel(s.Host); derr != nil && !vwire.IsNotFound(derr) {
 					errs = append(errs, derr)
 				}
 			}
@@ -374,30 +315,30 @@ func (d *Dataplane) connect(ctx context.Context, c *Conn, adopt bool) (changed b
 	ipMode := c.Payload == forwarder.PayloadIP
 	reinstall := false
 	for _, s := range sides {
-		if err := d.ensurePair(s, c.MTU); err != nil {
-			return changed || s.created, err
+		if err := s.EnsurePair(d.host, c.MTU); err != nil {
+			return changed || s.Created, err
 		}
-		if s.created {
+		if s.Created {
 			changed = true
 			reinstall = true
 		}
-		flip, err := d.configurePeer(s, c.MTU, ipMode, !adopt || s.created)
+		flip, err := s.ConfigurePeer(c.MTU, ipMode, !adopt || s.Created)
 		if err != nil {
 			return changed, err
 		}
 		reinstall = reinstall || flip
-		if err := d.configureHost(s, c.MTU); err != nil {
+		if err := s.ConfigureHost(d.host, c.MTU); err != nil {
 			return changed, err
 		}
 	}
 
 	cfg := xconnect.Config{
-		ClientIfindex:   sides[0].host.Attrs().Index,
-		EndpointIfindex: sides[1].host.Attrs().Index,
-		RedirectPeer:    !sides[0].sameNS && !sides[1].sameNS,
+		ClientIfindex:   sides[0].Host.Attrs().Index,
+		EndpointIfindex: sides[1].Host.Attrs().Index,
+		RedirectPeer:    !sides[0].SameNS && !sides[1].SameNS,
 		IPMode:          ipMode,
-		ClientMAC:       sides[0].peer.Attrs().HardwareAddr,
-		EndpointMAC:     sides[1].peer.Attrs().HardwareAddr,
+		ClientMAC:       sides[0].Peer.Attrs().HardwareAddr,
+		EndpointMAC:     sides[1].Peer.Attrs().HardwareAddr,
 	}
 	if !reinstall {
 		x, oerr := xconnect.Open(pinDir)
@@ -435,144 +376,9 @@ func (d *Dataplane) xopts(pinDir string) xconnect.Options {
 	return o
 }
 
-// ensurePair finds or creates the veth pair of one side.
-func (d *Dataplane) ensurePair(s *sideState, mtu uint32) error {
-	host, err := d.host.LinkByName(s.hostName)
-	if err != nil && !isNotFound(err) {
-		return fmt.Errorf("connect %s: host end %s: %w", s.kind, s.hostName, err)
-	}
-	peer, perr := s.nl.LinkByName(s.ifName)
-	if perr != nil && !isNotFound(perr) {
-		return fmt.Errorf("connect %s: link %s: %w", s.kind, s.ifName, perr)
-	}
-	if host != nil {
-		// Intact only if the peer in the wanted namespace is this host
-		// end's peer; otherwise (namespace or name changed, peer deleted)
-		// start over.
-		if host.Attrs().Alias == s.alias && peer != nil && peer.Attrs().Alias == s.alias &&
-			peer.Attrs().ParentIndex == host.Attrs().Index && host.Attrs().ParentIndex == peer.Attrs().Index {
-			s.host, s.peer = host, peer
-			return nil
-		}
-		if host.Attrs().Alias != s.alias {
-			return forwarder.Errorf(forwarder.CodeAlreadyExists, "", "host interface %s exists and is not owned by this connection", s.hostName)
-		}
-		if err := d.host.LinkDel(host); err != nil && !isNotFound(err) {
-			return fmt.Errorf("connect %s: delete stale host end %s: %w", s.kind, s.hostName, err)
-		}
-		if peer, perr = s.nl.LinkByName(s.ifName); perr != nil && !isNotFound(perr) {
-			return fmt.Errorf("connect %s: link %s: %w", s.kind, s.ifName, perr)
-		}
-	}
-	if peer != nil {
-		if peer.Attrs().Alias != s.alias {
-			return forwarder.Errorf(forwarder.CodeAlreadyExists, paramsField(s.kind)+forwarder.ParamIfName,
-				"interface %q already exists in network namespace %s", s.ifName, s.side.Mechanism.Param(forwarder.ParamNetNSURL))
-		}
-		if err := s.nl.LinkDel(peer); err != nil && !isNotFound(err) {
-			return fmt.Errorf("connect %s: delete stale %s: %w", s.kind, s.ifName, err)
-		}
-	}
-	veth := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: s.hostName, Alias: s.alias, MTU: int(mtu)},
-		PeerName:      s.ifName,
-		PeerNamespace: netlink.NsFd(int(s.ns)),
-		PeerMTU:       mtu,
-	}
-	if err := d.host.LinkAdd(veth); err != nil {
-		if errors.Is(err, unix.EEXIST) {
-			return forwarder.Errorf(forwarder.CodeAlreadyExists, paramsField(s.kind)+forwarder.ParamIfName,
-				"interface %q or %q already exists", s.ifName, s.hostName)
-		}
-		return fmt.Errorf("connect %s: create veth %s/%s: %w", s.kind, s.hostName, s.ifName, err)
-	}
-	s.created = true
-	if s.host, err = d.host.LinkByName(s.hostName); err != nil {
-		return fmt.Errorf("connect %s: host end %s: %w", s.kind, s.hostName, err)
-	}
-	if s.host.Attrs().Alias != s.alias { // LinkAdd does not set a veth's alias
-		if err := d.host.LinkSetAlias(s.host, s.alias); err != nil {
-			return fmt.Errorf("connect %s: host end alias: %w", s.kind, err)
-		}
-	}
-	if s.peer, err = s.nl.LinkByName(s.ifName); err != nil {
-		return fmt.Errorf("connect %s: link %s: %w", s.kind, s.ifName, err)
-	}
-	return nil
-}
-
-// configureHost brings the host end up; no IPv6 link-local address or
-// autoconf on it: it is a wire, not an interface of the host.
-func (d *Dataplane) configureHost(s *sideState, mtu uint32) error {
-	a := s.host.Attrs()
-	if s.created {
-		// IN6_ADDR_GEN_MODE_NONE; fails harmlessly where IPv6 is off.
-		_ = d.host.LinkSetIP6AddrGenMode(s.host, 1)
-	}
-	if mtu > 0 && a.MTU != int(mtu) {
-		if err := d.host.LinkSetMTU(s.host, int(mtu)); err != nil {
-			return fmt.Errorf("connect %s: host end mtu: %w", s.kind, err)
-		}
-	}
-	if a.Flags&netFlagUp == 0 {
-		if err := d.host.LinkSetUp(s.host); err != nil {
-			return fmt.Errorf("connect %s: host end up: %w", s.kind, err)
-		}
-	}
-	return nil
-}
-
-// configurePeer applies alias, MTU, ARP mode, state and L3 settings to the
-// in-namespace end. flipped reports an ARP mode change (payload change),
-// which needs the program reloaded.
-func (d *Dataplane) configurePeer(s *sideState, mtu uint32, ipMode, syncL3 bool) (flipped bool, err error) {
-	h, l := s.nl, s.peer
-	a := l.Attrs()
-	if a.Alias != s.alias {
-		if err := h.LinkSetAlias(l, s.alias); err != nil {
-			return false, fmt.Errorf("connect %s: alias: %w", s.kind, err)
-		}
-	}
-	if mtu > 0 && a.MTU != int(mtu) {
-		if err := h.LinkSetMTU(l, int(mtu)); err != nil {
-			return false, fmt.Errorf("connect %s: mtu: %w", s.kind, err)
-		}
-	}
-	noarp := a.RawFlags&unix.IFF_NOARP != 0
-	if noarp != ipMode {
-		flipped = !s.created
-		if ipMode {
-			err = h.LinkSetARPOff(l)
-		} else {
-			err = h.LinkSetARPOn(l)
-		}
-		if err != nil {
-			return false, fmt.Errorf("connect %s: arp mode: %w", s.kind, err)
-		}
-	}
-	if a.Flags&netFlagUp == 0 {
-		if err := h.LinkSetUp(l); err != nil {
-			return false, fmt.Errorf("connect %s: link up: %w", s.kind, err)
-		}
-	}
-	if !syncL3 {
-		return flipped, nil
-	}
-	if err := syncAddrs(h, l, s.side.IP.Addrs, s.created); err != nil {
-		return false, fmt.Errorf("connect %s: %w", s.kind, err)
-	}
-	if err := syncRoutes(h, l, s.side.IP.Routes, s.created); err != nil {
-		return false, fmt.Errorf("connect %s: %w", s.kind, err)
-	}
-	if err := syncNeighbors(h, l, s.side.IP.Neighbors, s.created); err != nil {
-		return false, fmt.Errorf("connect %s: %w", s.kind, err)
-	}
-	return flipped, nil
-}
-
 // Disconnect implements forwarder.Dataplane.
 func (d *Dataplane) Disconnect(ctx context.Context, id string) error {
-	unlock := d.locks.lock(id)
+	unlock := d.locks.Lock(id)
 	defer unlock()
 	return d.remove(ctx, id)
 }
@@ -581,14 +387,14 @@ func (d *Dataplane) remove(_ context.Context, id string) error {
 	var errs []error
 	var links []netlink.Link
 	for _, side := range []forwarder.SideKind{forwarder.SideClient, forwarder.SideEndpoint} {
-		l, err := d.host.LinkByName(hostIfName(d.opts.Name, id, side))
+		l, err := d.host.LinkByName(vwire.HostIfName(d.opts.Name, id, side))
 		if err != nil {
-			if !isNotFound(err) {
+			if !vwire.IsNotFound(err) {
 				errs = append(errs, err)
 			}
 			continue
 		}
-		if l.Attrs().Alias != linkAlias(d.opts.Name, id, side) {
+		if l.Attrs().Alias != vwire.LinkAlias(d.opts.Name, id, side) {
 			continue // not ours
 		}
 		links = append(links, l)
@@ -622,12 +428,12 @@ func (d *Dataplane) Stats(_ context.Context, id string) (forwarder.Stats, error)
 func (d *Dataplane) Reconcile(ctx context.Context, wanted []*forwarder.Conn) (forwarder.ReconcileResult, error) {
 	res := forwarder.ReconcileResult{Failed: map[string]error{}}
 	owned := map[string]bool{}
-	links, err := listLinks(d.host)
+	links, err := vwire.ListLinks(d.host)
 	if err != nil {
 		return res, fmt.Errorf("reconcile: %w", err)
 	}
 	for _, l := range links {
-		if id, _, ok := parseAlias(d.opts.Name, l.Attrs().Alias); ok {
+		if id, _, ok := vwire.ParseAlias(d.opts.Name, l.Attrs().Alias); ok {
 			owned[id] = true
 		}
 	}
@@ -655,7 +461,7 @@ func (d *Dataplane) Reconcile(ctx context.Context, wanted []*forwarder.Conn) (fo
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			unlock := d.locks.lock(c.ID)
+			unlock := d.locks.Lock(c.ID)
 			defer unlock()
 			changed, err := d.connect(ctx, c, true)
 			if err != nil {
@@ -682,7 +488,7 @@ func (d *Dataplane) Reconcile(ctx context.Context, wanted []*forwarder.Conn) (fo
 		if want[id] {
 			continue
 		}
-		unlock := d.locks.lock(id)
+		unlock := d.locks.Lock(id)
 		if err := d.remove(ctx, id); err != nil {
 			errs = append(errs, err)
 		} else {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/nsmfwd/nsmfwd/forwarder"
 	"github.com/nsmfwd/nsmfwd/internal/netns/nstest"
+	"github.com/nsmfwd/nsmfwd/internal/vwire"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -230,7 +231,7 @@ func testLifecycle(t *testing.T, attach string, payload forwarder.Payload) {
 		t.Fatalf("Connect: %v", err)
 	}
 	epName := c.Endpoint.Mechanism.Param(forwarder.ParamIfName)
-	if want := defaultIfName(e.name, c.ID, forwarder.SideEndpoint); epName != want {
+	if want := vwire.DefaultIfName(e.name, c.ID, forwarder.SideEndpoint); epName != want {
 		t.Fatalf("endpoint interface name %q, want %q written back", epName, want)
 	}
 	pingAll(t, client, endpoint, "10.60.0.1")
@@ -258,7 +259,7 @@ func testLifecycle(t *testing.T, attach string, payload forwarder.Payload) {
 	}
 
 	// Refresh: same objects, new client address.
-	hostIdx := linkIn(t, e.hostPath, hostIfName(e.name, c.ID, forwarder.SideClient)).Attrs().Index
+	hostIdx := linkIn(t, e.hostPath, vwire.HostIfName(e.name, c.ID, forwarder.SideClient)).Attrs().Index
 	hostLinks := nstest.Links(t, e.hostPath)
 	c2 := c.Clone()
 	c2.Client.IP.Addrs[0] = netip.MustParsePrefix("10.60.0.3/32")
@@ -268,7 +269,7 @@ func testLifecycle(t *testing.T, attach string, payload forwarder.Payload) {
 	if err := d.Connect(ctx, c2); err != nil {
 		t.Fatalf("second refresh: %v", err)
 	}
-	if got := linkIn(t, e.hostPath, hostIfName(e.name, c.ID, forwarder.SideClient)).Attrs().Index; got != hostIdx {
+	if got := linkIn(t, e.hostPath, vwire.HostIfName(e.name, c.ID, forwarder.SideClient)).Attrs().Index; got != hostIdx {
 		t.Errorf("refresh recreated the host end: ifindex %d, was %d", got, hostIdx)
 	}
 	if got := nstest.Links(t, e.hostPath); !slices.Equal(got, hostLinks) {
@@ -364,7 +365,7 @@ func TestReconcileAfterRestart(t *testing.T) {
 		}
 	}
 	ping(t, liveClient, "10.60.0.2")
-	hostIdx := linkIn(t, e.hostPath, hostIfName(e.name, live.ID, forwarder.SideClient)).Attrs().Index
+	hostIdx := linkIn(t, e.hostPath, vwire.HostIfName(e.name, live.ID, forwarder.SideClient)).Attrs().Index
 	// The process "dies": handles go, the datapath stays.
 	if err := d1.Close(); err != nil {
 		t.Fatal(err)
@@ -384,14 +385,14 @@ func TestReconcileAfterRestart(t *testing.T) {
 	if res.Failed[gone.ID] == nil || forwarder.CodeOf(res.Failed[gone.ID]) != forwarder.CodeNotFound {
 		t.Errorf("Reconcile failed = %v, want %q failed with NotFound", res.Failed, gone.ID)
 	}
-	if got := linkIn(t, e.hostPath, hostIfName(e.name, live.ID, forwarder.SideClient)).Attrs().Index; got != hostIdx {
+	if got := linkIn(t, e.hostPath, vwire.HostIfName(e.name, live.ID, forwarder.SideClient)).Attrs().Index; got != hostIdx {
 		t.Errorf("adopted host end recreated: ifindex %d, was %d", got, hostIdx)
 	}
 	ping(t, liveClient, "10.60.0.2")
 	onlyLo(t, orphanC.path, orphanE.path, goneE.path)
 
 	// Delete the endpoint pair behind the dataplane's back: rebuilt.
-	if _, err := nstest.Exec(t, e.hostName, "ip", "link", "del", hostIfName(e.name, live.ID, forwarder.SideEndpoint)); err != nil {
+	if _, err := nstest.Exec(t, e.hostName, "ip", "link", "del", vwire.HostIfName(e.name, live.ID, forwarder.SideEndpoint)); err != nil {
 		t.Fatal(err)
 	}
 	res, err = d2.Reconcile(ctx, []*forwarder.Conn{live.Clone()})

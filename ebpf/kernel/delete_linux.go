@@ -11,6 +11,8 @@ import (
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/nsmfwd/nsmfwd/internal/vwire"
 )
 
 // groupBase marks the link groups the deleter uses (groups are otherwise
@@ -78,7 +80,7 @@ func (d *deleter) delete(links ...netlink.Link) error {
 	tagged := 0
 	for _, l := range links {
 		if err := d.h.LinkSetGroup(l, int(d.group)); err != nil {
-			if !isNotFound(err) {
+			if !vwire.IsNotFound(err) {
 				errs = append(errs, fmt.Errorf("delete %s: set group: %w", l.Attrs().Name, err))
 			}
 			continue

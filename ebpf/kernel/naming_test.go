@@ -5,39 +5,7 @@ import (
 	"encoding/binary"
 	"strings"
 	"testing"
-
-	"github.com/nsmfwd/nsmfwd/forwarder"
 )
-
-func TestNames(t *testing.T) {
-	for _, id := range []string{"a", "conn-1", strings.Repeat("x", 300), "with/slash and space"} {
-		for _, side := range []forwarder.SideKind{forwarder.SideClient, forwarder.SideEndpoint} {
-			h := hostIfName("fwd", id, side)
-			if len(h) != 15 || forwarder.ValidateIfName(h) != nil {
-				t.Errorf("hostIfName(%q, %s) = %q", id, side, h)
-			}
-			d := defaultIfName("fwd", id, side)
-			if len(d) != 12 || forwarder.ValidateIfName(d) != nil {
-				t.Errorf("defaultIfName(%q, %s) = %q", id, side, d)
-			}
-			gotID, gotSide, ok := parseAlias("fwd", linkAlias("fwd", id, side))
-			if !ok || gotID != id || gotSide != side {
-				t.Errorf("parseAlias(linkAlias(%q, %s)) = %q, %s, %v", id, side, gotID, gotSide, ok)
-			}
-		}
-	}
-	if hostIfName("a", "x", forwarder.SideClient) == hostIfName("b", "x", forwarder.SideClient) {
-		t.Error("host names do not depend on the forwarder name")
-	}
-	if !strings.HasPrefix(hostIfName("a", "x", forwarder.SideClient), "nfc") || !strings.HasPrefix(hostIfName("a", "x", forwarder.SideEndpoint), "nfe") {
-		t.Error("host name prefixes")
-	}
-	for _, alias := range []string{"", "nsmfwd/other/x/client", "nsmfwd/fwd/x/middle", "nsmfwd/fwd//client", "nsmfwd/fwd/client"} {
-		if _, _, ok := parseAlias("fwd", alias); ok {
-			t.Errorf("parseAlias(%q) accepted", alias)
-		}
-	}
-}
 
 func TestPinDirName(t *testing.T) {
 	for id, want := range map[string]string{

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nsmfwd/nsmfwd/ebpf/xconnect"
 	"github.com/nsmfwd/nsmfwd/forwarder"
+	"github.com/nsmfwd/nsmfwd/internal/vwire"
 )
 
 var _ forwarder.Watcher = (*Dataplane)(nil)
@@ -96,7 +97,7 @@ func (d *Dataplane) watchOnce(ctx context.Context, ch chan<- forwarder.Death, pe
 			if u.Header.Type != unix.RTM_DELLINK || u.Link == nil {
 				continue
 			}
-			id, side, ok := parseAlias(d.opts.Name, u.Link.Attrs().Alias)
+			id, side, ok := vwire.ParseAlias(d.opts.Name, u.Link.Attrs().Alias)
 			if !ok {
 				continue
 			}
@@ -128,11 +129,11 @@ func trySend(ch chan<- forwarder.Death, d forwarder.Death) bool {
 // veth end exists with our alias (a veth end cannot outlive its peer). When
 // it is gone, the side's namespace tells the reason.
 func (d *Dataplane) Alive(_ context.Context, c *Conn, side forwarder.SideKind) (bool, string, error) {
-	l, err := d.host.LinkByName(hostIfName(d.opts.Name, c.ID, side))
+	l, err := d.host.LinkByName(vwire.HostIfName(d.opts.Name, c.ID, side))
 	switch {
-	case err == nil && l.Attrs().Alias == linkAlias(d.opts.Name, c.ID, side):
+	case err == nil && l.Attrs().Alias == vwire.LinkAlias(d.opts.Name, c.ID, side):
 		return true, "", nil
-	case err != nil && !isNotFound(err):
+	case err != nil && !vwire.IsNotFound(err):
 		return false, "", fmt.Errorf("alive %q %s: %w", c.ID, side, err)
 	}
 	s := &c.Client
@@ -141,7 +142,7 @@ func (d *Dataplane) Alive(_ context.Context, c *Conn, side forwarder.SideKind) (
 		s = &c.Endpoint
 		netnsGone, ifGone = forwarder.ReasonEndpointNetNSGone, forwarder.ReasonEndpointInterfaceGone
 	}
-	ns, err := resolveSide(side, s.Mechanism)
+	ns, err := vwire.ResolveNetNS(side, s.Mechanism)
 	if err != nil {
 		return false, netnsGone, nil
 	}
@@ -154,15 +155,15 @@ func (d *Dataplane) Alive(_ context.Context, c *Conn, side forwarder.SideKind) (
 // survivor sends (its target is gone) instead of letting it reach the node's
 // own stack; a later Connect reinstalls it toward the new peer.
 func (d *Dataplane) DisconnectSide(_ context.Context, id string, side forwarder.SideKind) error {
-	unlock := d.locks.lock(id)
+	unlock := d.locks.Lock(id)
 	defer unlock()
-	l, err := d.host.LinkByName(hostIfName(d.opts.Name, id, side))
+	l, err := d.host.LinkByName(vwire.HostIfName(d.opts.Name, id, side))
 	switch {
-	case err == nil && l.Attrs().Alias == linkAlias(d.opts.Name, id, side):
+	case err == nil && l.Attrs().Alias == vwire.LinkAlias(d.opts.Name, id, side):
 		if err := d.deleter.delete(l); err != nil {
 			return fmt.Errorf("disconnect %s side of %q: %w", side, id, err)
 		}
-	case err != nil && !isNotFound(err):
+	case err != nil && !vwire.IsNotFound(err):
 		return fmt.Errorf("disconnect %s side of %q: %w", side, id, err)
 	}
 	pin := xconnect.LinkPinName(side == forwarder.SideEndpoint)

@@ -1,4 +1,4 @@
-package kernel
+package vwire
 
 import (
 	"errors"
@@ -14,8 +14,8 @@ import (
 
 const netFlagUp = net.FlagUp
 
-// retry repeats a netlink dump interrupted by concurrent changes.
-func retry[T any](f func() (T, error)) (T, error) {
+// Retry repeats a netlink dump interrupted by concurrent changes.
+func Retry[T any](f func() (T, error)) (T, error) {
 	var v T
 	var err error
 	for range 5 {
@@ -27,15 +27,15 @@ func retry[T any](f func() (T, error)) (T, error) {
 	return v, err
 }
 
-func listLinks(h *netlink.Handle) ([]netlink.Link, error) {
-	return retry(h.LinkList)
+func ListLinks(h *netlink.Handle) ([]netlink.Link, error) {
+	return Retry(h.LinkList)
 }
 
-func prefixNet(p netip.Prefix) *net.IPNet {
+func PrefixNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
-func netPrefix(n *net.IPNet, family int) netip.Prefix {
+func NetPrefix(n *net.IPNet, family int) netip.Prefix {
 	if n == nil {
 		if family == netlink.FAMILY_V6 {
 			return netip.PrefixFrom(netip.IPv6Unspecified(), 0)
@@ -53,14 +53,14 @@ func netPrefix(n *net.IPNet, family int) netip.Prefix {
 // them by link), so with a thousand vWires in one client namespace they
 // would make every new connection cost O(n).
 
-// syncAddrs makes the link hold exactly the wanted addresses, apart from
+// SyncAddrs makes the link hold exactly the wanted addresses, apart from
 // IPv6 link-local ones, which the kernel manages. Everything else on a link
 // the dataplane created is its own.
-func syncAddrs(h *netlink.Handle, l netlink.Link, wanted []netip.Prefix, fresh bool) error {
+func SyncAddrs(h *netlink.Handle, l netlink.Link, wanted []netip.Prefix, fresh bool) error {
 	var have []netlink.Addr
 	if !fresh {
 		var err error
-		if have, err = retry(func() ([]netlink.Addr, error) { return h.AddrList(l, netlink.FAMILY_ALL) }); err != nil {
+		if have, err = Retry(func() ([]netlink.Addr, error) { return h.AddrList(l, netlink.FAMILY_ALL) }); err != nil {
 			return fmt.Errorf("list addresses: %w", err)
 		}
 	}
@@ -104,15 +104,15 @@ type routeKey struct {
 	gw  netip.Addr
 }
 
-// syncRoutes installs the wanted routes through the link and removes the
-// ones the dataplane added earlier (marked with routeProto) that are no
+// SyncRoutes installs the wanted routes through the link and removes the
+// ones the dataplane added earlier (marked with RouteProto) that are no
 // longer wanted.
-func syncRoutes(h *netlink.Handle, l netlink.Link, wanted []forwarder.Route, fresh bool) error {
+func SyncRoutes(h *netlink.Handle, l netlink.Link, wanted []forwarder.Route, fresh bool) error {
 	idx := l.Attrs().Index
 	var have []netlink.Route
 	if !fresh {
 		var err error
-		have, err = retry(func() ([]netlink.Route, error) {
+		have, err = Retry(func() ([]netlink.Route, error) {
 			return h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{LinkIndex: idx}, netlink.RT_FILTER_OIF)
 		})
 		if err != nil {
@@ -124,11 +124,11 @@ func syncRoutes(h *netlink.Handle, l netlink.Link, wanted []forwarder.Route, fre
 		want[routeKey{r.Prefix.Masked(), r.NextHop}] = true
 	}
 	for _, r := range have {
-		if r.Protocol != routeProto {
+		if r.Protocol != RouteProto {
 			continue
 		}
 		gw, _ := netip.AddrFromSlice(r.Gw)
-		k := routeKey{netPrefix(r.Dst, r.Family), gw.Unmap()}
+		k := routeKey{NetPrefix(r.Dst, r.Family), gw.Unmap()}
 		if want[k] {
 			continue
 		}
@@ -137,7 +137,7 @@ func syncRoutes(h *netlink.Handle, l netlink.Link, wanted []forwarder.Route, fre
 		}
 	}
 	for _, r := range wanted {
-		nr := &netlink.Route{LinkIndex: idx, Dst: prefixNet(r.Prefix.Masked()), Protocol: routeProto}
+		nr := &netlink.Route{LinkIndex: idx, Dst: PrefixNet(r.Prefix.Masked()), Protocol: RouteProto}
 		if r.NextHop.IsValid() {
 			nr.Gw = r.NextHop.AsSlice()
 		} else {
@@ -150,14 +150,14 @@ func syncRoutes(h *netlink.Handle, l netlink.Link, wanted []forwarder.Route, fre
 	return nil
 }
 
-// syncNeighbors installs the wanted permanent neighbours and removes other
+// SyncNeighbors installs the wanted permanent neighbours and removes other
 // permanent entries (only the dataplane adds those on its links).
-func syncNeighbors(h *netlink.Handle, l netlink.Link, wanted []forwarder.Neighbor, fresh bool) error {
+func SyncNeighbors(h *netlink.Handle, l netlink.Link, wanted []forwarder.Neighbor, fresh bool) error {
 	idx := l.Attrs().Index
 	var have []netlink.Neigh
 	if !fresh {
 		var err error
-		if have, err = retry(func() ([]netlink.Neigh, error) { return h.NeighList(idx, netlink.FAMILY_ALL) }); err != nil {
+		if have, err = Retry(func() ([]netlink.Neigh, error) { return h.NeighList(idx, netlink.FAMILY_ALL) }); err != nil {
 			return fmt.Errorf("list neighbours: %w", err)
 		}
 	}
