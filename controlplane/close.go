@@ -17,7 +17,16 @@ const expiryRetry = 10 * time.Second
 
 // Close removes the vWire of conn and closes it at the next hop. Closing an
 // unknown connection succeeds: Close is idempotent.
+//
+// Only the identity that created the connection may close it
+// (PermissionDenied otherwise; see authorize). A caller that fails
+// authentication gets Unauthenticated, even for an unknown connection.
 func (s *Server) Close(ctx context.Context, conn *networkservice.Connection) (*emptypb.Empty, error) {
+	conn = conn.Clone()
+	caller, err := s.authenticate(ctx, conn)
+	if err != nil {
+		return nil, toStatus(err)
+	}
 	id, ok := s.lookupID(conn)
 	if !ok {
 		return &emptypb.Empty{}, nil
@@ -32,6 +41,10 @@ func (s *Server) Close(ctx context.Context, conn *networkservice.Connection) (*e
 	s.mu.Unlock()
 	if e == nil {
 		return &emptypb.Empty{}, nil
+	}
+	if err := s.authorize(e, caller, "close"); err != nil {
+		e.log.WarnContext(ctx, "close refused", "caller", caller, "owner", e.owner)
+		return nil, toStatus(err)
 	}
 	if err := s.teardown(ctx, id, e, reasonClose); err != nil {
 		return nil, toStatus(err)
@@ -82,7 +95,7 @@ func (s *Server) teardown(ctx context.Context, id string, e *entry, reason strin
 		if e.timer != nil {
 			e.timer.Stop()
 		}
-		s.publishLocked(networkservice.ConnectionEventType_DELETE, e.conn)
+		s.publishLocked(networkservice.ConnectionEventType_DELETE, e)
 	}
 	s.mu.Unlock()
 	return nil
@@ -101,7 +114,7 @@ func (s *Server) install(id string, e *entry, old *entry) error {
 	}
 	s.armLocked(id, e)
 	s.conns[id] = e
-	s.publishLocked(networkservice.ConnectionEventType_UPDATE, e.conn)
+	s.publishLocked(networkservice.ConnectionEventType_UPDATE, e)
 	return nil
 }
 

@@ -267,6 +267,7 @@ type env struct {
 	monitor networkservice.MonitorConnectionClient
 	health  *health.Server
 	dir     string
+	fwdSock string
 	stop    func()
 }
 
@@ -336,21 +337,34 @@ func newEnv(t *testing.T, dir string, dp *fakeDP, nse *fakeNSE, opts ...envOpt) 
 	}
 	stops = append(stops, s.Shutdown)
 
-	fwdServer := grpc.NewServer()
+	var serverOpts []grpc.ServerOption
+	if o.Identity != nil {
+		serverOpts = o.Identity.ServerOptions()
+	}
+	fwdServer := grpc.NewServer(serverOpts...)
 	s.Register(fwdServer)
 	serve(t, fwdServer, fwdSock)
 	stops = append(stops, fwdServer.Stop)
 
-	cc, err := Dial(ctx, "unix://"+fwdSock, 5*time.Second)
+	e := &env{t: t, dp: dp, nse: nse, srv: s, dir: dir, health: hs, stop: stop, fwdSock: fwdSock}
+	if o.Identity == nil || o.Identity.Insecure() {
+		cc := e.dial()
+		e.client = networkservice.NewNetworkServiceClient(cc)
+		e.monitor = networkservice.NewMonitorConnectionClient(cc)
+	}
+	return e
+}
+
+// dial connects to the forwarder with opts (plaintext by default) and
+// closes the connection at the end of the test.
+func (e *env) dial(opts ...grpc.DialOption) *grpc.ClientConn {
+	e.t.Helper()
+	cc, err := Dial(e.t.Context(), "unix://"+e.fwdSock, 5*time.Second, opts...)
 	if err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
-	stops = append(stops, func() { _ = cc.Close() })
-	return &env{
-		t: t, dp: dp, nse: nse, srv: s, dir: dir, health: hs, stop: stop,
-		client:  networkservice.NewNetworkServiceClient(cc),
-		monitor: networkservice.NewMonitorConnectionClient(cc),
-	}
+	e.t.Cleanup(func() { _ = cc.Close() })
+	return cc
 }
 
 func serve(t *testing.T, gs *grpc.Server, sock string) {

@@ -17,10 +17,19 @@ import (
 // client resubscribes, getting a fresh initial state).
 type subscriber struct {
 	selector *networkservice.MonitorScopeSelector
+	// caller is the subscriber's identity and all whether it sees every
+	// connection; otherwise it sees only those it owns.
+	caller   string
+	all      bool
 	events   chan *networkservice.ConnectionEvent
 	once     sync.Once
 	gone     chan struct{} // closed when dropped
 	overflow bool          // set before gone is closed
+}
+
+// sees reports whether the subscriber may see e.
+func (sub *subscriber) sees(e *entry) bool {
+	return (sub.all || e.owner == sub.caller) && e.conn.MatchesMonitorScopeSelector(sub.selector)
 }
 
 func (sub *subscriber) drop() {
@@ -28,10 +37,18 @@ func (sub *subscriber) drop() {
 }
 
 // MonitorConnections streams our connections matching selector: first an
-// INITIAL_STATE_TRANSFER, then UPDATE and DELETE events.
+// INITIAL_STATE_TRANSFER, then UPDATE and DELETE events. A caller sees only
+// the connections it created, unless its identity says it sees all (our
+// own identity, or anyone in insecure mode).
 func (s *Server) MonitorConnections(selector *networkservice.MonitorScopeSelector, srv networkservice.MonitorConnection_MonitorConnectionsServer) error {
+	caller, all, err := s.id.Caller(srv.Context())
+	if err != nil {
+		return status.Error(codes.Unauthenticated, err.Error())
+	}
 	sub := &subscriber{
 		selector: selector,
+		caller:   caller,
+		all:      all,
 		events:   make(chan *networkservice.ConnectionEvent, s.monBuf),
 		gone:     make(chan struct{}),
 	}
@@ -42,7 +59,7 @@ func (s *Server) MonitorConnections(selector *networkservice.MonitorScopeSelecto
 	}
 	initial := make(map[string]*networkservice.Connection)
 	for id, e := range s.conns {
-		if e.conn.MatchesMonitorScopeSelector(selector) {
+		if sub.sees(e) {
 			initial[id] = e.conn.Clone()
 		}
 	}
@@ -96,12 +113,13 @@ func (s *Server) refreshMetrics(ctx context.Context, conns map[string]*networkse
 	}
 }
 
-// publishLocked queues an event about conn (in our frame) for every
-// matching subscriber. The caller holds s.mu, which orders events with the
-// table changes and the initial state transfers.
-func (s *Server) publishLocked(typ networkservice.ConnectionEventType, conn *networkservice.Connection) {
+// publishLocked queues an event about e's connection (in our frame) for
+// every subscriber that sees it. The caller holds s.mu, which orders events
+// with the table changes and the initial state transfers.
+func (s *Server) publishLocked(typ networkservice.ConnectionEventType, e *entry) {
+	conn := e.conn
 	for sub := range s.subs {
-		if !conn.MatchesMonitorScopeSelector(sub.selector) {
+		if !sub.sees(e) {
 			continue
 		}
 		ev := &networkservice.ConnectionEvent{

@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/edwarnicke/grpcfd"
 	"github.com/networkservicemesh/api/pkg/api/networkservice"
 	"github.com/networkservicemesh/api/pkg/api/registry"
 	"google.golang.org/grpc"
@@ -37,6 +40,10 @@ type NextHop struct {
 
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
+	// files are endpoint sockets NSMgr passed by descriptor (grpcfd), by
+	// the inode:// URL it gave for them; their conns dial
+	// unix:///proc/PID/fd/N, so they stay open with the conns.
+	files map[string]*os.File
 }
 
 var _ networkservice.NetworkServiceClient = (*NextHop)(nil)
@@ -48,7 +55,7 @@ const findTimeout = 5 * time.Second
 // back to direct when nses has no registry. dialOpts are used to dial
 // endpoints.
 func NewNextHop(nses registry.NetworkServiceEndpointRegistryClient, direct networkservice.NetworkServiceClient, dialOpts ...grpc.DialOption) *NextHop {
-	return &NextHop{nses: nses, direct: direct, dialOpts: dialOpts, conns: map[string]*grpc.ClientConn{}}
+	return &NextHop{nses: nses, direct: direct, dialOpts: dialOpts, conns: map[string]*grpc.ClientConn{}, files: map[string]*os.File{}}
 }
 
 // Request sends req to the connection's endpoint, naming it in the
@@ -111,10 +118,15 @@ func (n *NextHop) find(ctx context.Context, conn *networkservice.Connection) (*r
 	}
 	ctx, cancel := context.WithTimeout(ctx, findTimeout)
 	defer cancel()
-	stream, err := n.nses.Find(ctx, &registry.NetworkServiceEndpointQuery{NetworkServiceEndpoint: q})
+	// NSMgr over a unix socket passes endpoints' sockets by descriptor
+	// and names them inode://DEV/INO: the endpoint's socket need not be
+	// visible in our mount namespace (another pod's directory).
+	fdCreds := grpcfd.PerRPCCredentials(nil)
+	stream, err := n.nses.Find(withRegistryPath(ctx), &registry.NetworkServiceEndpointQuery{NetworkServiceEndpoint: q}, grpc.PerRPCCredentials(fdCreds))
 	if err != nil {
 		return nil, err
 	}
+	recv, _ := grpcfd.FromPerRPCCredentials(fdCreds)
 	var live []*registry.NetworkServiceEndpoint
 	now := time.Now()
 	for {
@@ -132,6 +144,7 @@ func (n *NextHop) find(ctx context.Context, conn *networkservice.Connection) (*r
 			nse.GetExpirationTime() != nil && nse.GetExpirationTime().AsTime().Before(now):
 			continue
 		}
+		n.receiveSocket(ctx, recv, nse.GetUrl())
 		live = append(live, nse)
 	}
 	if len(live) == 0 {
@@ -143,13 +156,57 @@ func (n *NextHop) find(ctx context.Context, conn *networkservice.Connection) (*r
 	return live[int(n.rr.Add(1)-1)%len(live)], nil
 }
 
+// receiveSocket takes the descriptor NSMgr passed for an inode:// endpoint
+// URL, once per URL. It travels with the Find answer that names it, so it
+// is there at once when it was sent at all.
+func (n *NextHop) receiveSocket(ctx context.Context, recv grpcfd.FDRecver, rawURL string) {
+	if recv == nil || !strings.HasPrefix(rawURL, "inode://") {
+		return
+	}
+	n.mu.Lock()
+	_, have := n.files[rawURL]
+	n.mu.Unlock()
+	if have {
+		return
+	}
+	ch, err := recv.RecvFileByURL(rawURL)
+	if err != nil {
+		return
+	}
+	t := time.NewTimer(DefaultFDWait)
+	defer t.Stop()
+	select {
+	case f, ok := <-ch:
+		if !ok || f == nil {
+			return
+		}
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		if _, have := n.files[rawURL]; have {
+			_ = f.Close()
+			return
+		}
+		n.files[rawURL] = f
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
 func (n *NextHop) dial(url string) (*grpc.ClientConn, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if cc, ok := n.conns[url]; ok {
 		return cc, nil
 	}
-	cc, err := NewClient(url, n.dialOpts...)
+	target := url
+	if strings.HasPrefix(url, "inode://") {
+		f, ok := n.files[url]
+		if !ok {
+			return nil, fmt.Errorf("dial %s: the registry named the endpoint's socket by inode but passed no descriptor for it", url)
+		}
+		target = "unix://" + f.Name()
+	}
+	cc, err := NewClient(target, n.dialOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", url, err)
 	}
@@ -164,5 +221,9 @@ func (n *NextHop) CloseConns() {
 	for url, cc := range n.conns {
 		_ = cc.Close()
 		delete(n.conns, url)
+	}
+	for url, f := range n.files {
+		_ = f.Close()
+		delete(n.files, url)
 	}
 }

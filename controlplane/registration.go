@@ -7,8 +7,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/edwarnicke/grpcfd"
 	"github.com/networkservicemesh/api/pkg/api/registry"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -43,6 +46,12 @@ type RegistrationOptions struct {
 	Lifetime time.Duration
 	// Logger receives registration state changes; nil discards them.
 	Logger *slog.Logger
+	// SocketByFD announces URL's unix socket by descriptor (grpcfd), as
+	// NSM's forwarders do: the URL registered is inode://DEV/INO and NSMgr
+	// dials the socket through the descriptor, so it need not see our
+	// socket directory. Set it only when Client talks to NSMgr over a
+	// unix socket with grpcfd's transport credentials.
+	SocketByFD bool
 }
 
 // Registration keeps the forwarder registered until Close.
@@ -96,7 +105,15 @@ func (r *Registration) loop(ctx context.Context) {
 	failing := false
 	for {
 		callCtx, cancel := context.WithTimeout(ctx, registrationRetryMax)
-		got, err := r.opts.Client.Register(callCtx, r.nse())
+		nse, opts := r.nse(), r.socketByFD(callCtx)
+		if len(opts) > 0 {
+			nse.Url = opts[0].url
+		}
+		var callOpts []grpc.CallOption
+		for _, o := range opts {
+			callOpts = append(callOpts, o.opt)
+		}
+		got, err := r.opts.Client.Register(withRegistryPath(callCtx), nse, callOpts...)
 		cancel()
 		if ctx.Err() != nil {
 			return
@@ -115,7 +132,7 @@ func (r *Registration) loop(ctx context.Context) {
 			retry = min(retry*2, registrationRetryMax)
 		default:
 			if failing || r.current() == nil {
-				r.log.InfoContext(ctx, "registered", "network_service", r.opts.NetworkService, "url", r.opts.URL,
+				r.log.InfoContext(ctx, "registered", "network_service", r.opts.NetworkService, "url", nse.GetUrl(),
 					"expires", got.GetExpirationTime().AsTime())
 			}
 			failing, retry = false, registrationRetryMin
@@ -138,6 +155,40 @@ func (r *Registration) loop(ctx context.Context) {
 	}
 }
 
+type fdOption struct {
+	url string
+	opt grpc.CallOption
+}
+
+// socketByFD returns the inode:// URL of our socket and the call option
+// that passes its descriptor, when SocketByFD is set; nothing otherwise or
+// when the socket cannot be stat'ed (the path URL is registered then).
+func (r *Registration) socketByFD(ctx context.Context) []fdOption {
+	if !r.opts.SocketByFD {
+		return nil
+	}
+	network, path, err := ParseURL(r.opts.URL)
+	if err != nil || network != "unix" {
+		return nil
+	}
+	u, err := grpcfd.FilenameToURL(path)
+	if err != nil {
+		r.log.DebugContext(ctx, "socket not announced by descriptor", "error", err)
+		return nil
+	}
+	creds := grpcfd.PerRPCCredentials(nil)
+	sender, ok := grpcfd.FromPerRPCCredentials(creds)
+	if !ok {
+		return nil
+	}
+	errc := sender.SendFilename(path)
+	go func() {
+		for range errc { // reported once sent with the call, or the connection closed
+		}
+	}()
+	return []fdOption{{url: u.String(), opt: grpc.PerRPCCredentials(creds)}}
+}
+
 func (r *Registration) current() *registry.NetworkServiceEndpoint {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -155,9 +206,25 @@ func (r *Registration) Close() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), unregisterTimeout)
 	defer cancel()
-	if _, err := r.opts.Client.Unregister(ctx, reg); err != nil {
+	if _, err := r.opts.Client.Unregister(withRegistryPath(ctx), reg); err != nil {
 		r.log.WarnContext(ctx, "unregister", "error", err)
 		return
 	}
 	r.log.InfoContext(ctx, "unregistered")
+}
+
+// registryPathKey and emptyRegistryPath are how NSM's sdk v1.18.0 carries a
+// registry call's path: JSON in the "path" metadata entry (registry
+// grpcmetadata). A caller that starts the path sends it empty; NSMgr adds
+// the caller's segment with the token of the call's metadata and its own,
+// then checks them with NSM's registry policies. Without the entry NSMgr
+// checks an empty path, which its policies refuse.
+const (
+	registryPathKey   = "path"
+	emptyRegistryPath = `{"Index":0,"PathSegments":[]}`
+)
+
+// withRegistryPath adds the empty registry path to ctx's outgoing metadata.
+func withRegistryPath(ctx context.Context) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, registryPathKey, emptyRegistryPath)
 }

@@ -2,7 +2,6 @@ package controlplane
 
 import (
 	"context"
-	"crypto/rand"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -11,7 +10,10 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/networkservicemesh/api/pkg/api/networkservice"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -46,6 +48,14 @@ func (s *Server) request(ctx context.Context, req *networkservice.NetworkService
 	if err := s.checkRunning(); err != nil {
 		return nil, err
 	}
+	// Authentication first: the caller's token and expiry may come in the
+	// call's metadata (as NSM's sdk sends them) and land in its segment,
+	// whose expiry is validated below.
+	req = &networkservice.NetworkServiceRequest{Connection: req.GetConnection().Clone(), MechanismPreferences: req.GetMechanismPreferences()}
+	caller, err := s.authenticate(ctx, req.GetConnection())
+	if err != nil {
+		return nil, err
+	}
 	conn, callerExpires, err := validateRequest(req, time.Now())
 	if err != nil {
 		return nil, err
@@ -69,17 +79,28 @@ func (s *Server) request(ctx context.Context, req *networkservice.NetworkService
 	old := s.conns[id]
 	s.mu.Unlock()
 	log := s.log.With("conn_id", id)
+	owner := caller
 	if old != nil {
 		info.kind = kindRefresh
+		if err := s.authorize(old, caller, "refresh"); err != nil {
+			log.WarnContext(ctx, "refresh refused", "caller", caller, "owner", old.owner)
+			return nil, err
+		}
 	}
 
-	// Client side.
+	// Client side. A namespace the caller passed by descriptor (grpcfd)
+	// is what the dataplane opens.
+	var fds passedFDs
+	defer fds.close()
 	cm, err := s.clientMechanism(conn, req.GetMechanismPreferences(), old)
 	if err != nil {
 		return nil, err
 	}
 	info.mechanism = s.mechanismLabel(cm.GetType())
-	if err := s.dp.Check(ctx, id, forwarder.SideClient, toMechanism(cm)); err != nil {
+	if p, ok := peer.FromContext(ctx); ok {
+		fds.receive(ctx, log, fdRecver(p), cm.GetParameters()[forwarder.ParamNetNSURL], s.fdWait)
+	}
+	if err := s.dp.Check(ctx, id, forwarder.SideClient, fds.view(toMechanism(cm))); err != nil {
 		return nil, err
 	}
 
@@ -90,11 +111,23 @@ func (s *Server) request(ctx context.Context, req *networkservice.NetworkService
 		out.Mechanism = old.next.GetMechanism().Clone()
 	}
 	seg := out.GetPath().GetPathSegments()[ourIndex]
-	seg.Token = s.token()
-	seg.Expires = timestamppb.New(time.Now().Add(s.maxTTL))
+	var callerAuth credentials.AuthInfo
+	if p, ok := peer.FromContext(ctx); ok {
+		callerAuth = p.AuthInfo
+	}
+	tok, tokExp, err := s.id.Token(callerAuth)
+	if err != nil {
+		return nil, forwarder.Errorf(forwarder.CodeInternal, "", "path segment token: %w", err)
+	}
+	seg.Token = tok
+	if segExp := time.Now().Add(s.maxTTL); segExp.Before(tokExp) {
+		tokExp = segExp
+	}
+	seg.Expires = timestamppb.New(tokExp)
 	seg.Metrics = nil
 	nreq := &networkservice.NetworkServiceRequest{Connection: out, MechanismPreferences: s.endpointPreferences()}
-	next, err := s.next.Request(ctx, nreq)
+	var nextPeer peer.Peer
+	next, err := s.next.Request(ctx, nreq, grpc.Peer(&nextPeer))
 	if err != nil {
 		// Nothing was created on our side; on a refresh the existing
 		// connection stays as it is until it expires. A new Request that
@@ -106,7 +139,10 @@ func (s *Server) request(ctx context.Context, req *networkservice.NetworkService
 		return nil, nextHopError(err)
 	}
 
-	fc, em, err := s.buildConn(ctx, id, conn, cm, next, callerExpires)
+	// The endpoint's namespace may come by descriptor too (NSM endpoints
+	// behind grpcfd send theirs with the answer).
+	fds.receive(ctx, log, fdRecver(&nextPeer), next.GetMechanism().GetParameters()[forwarder.ParamNetNSURL], s.fdWait)
+	fc, em, err := s.buildConn(ctx, id, conn, cm, next, callerExpires, &fds)
 	if err != nil {
 		if old == nil {
 			s.closeNextHop(ctx, log, next)
@@ -114,12 +150,17 @@ func (s *Server) request(ctx context.Context, req *networkservice.NetworkService
 		return nil, fmt.Errorf("next hop connection: %w", err)
 	}
 
-	if err := s.dp.Connect(ctx, fc); err != nil {
+	dfc := fc.Clone()
+	dfc.Client.Mechanism = fds.view(dfc.Client.Mechanism)
+	dfc.Endpoint.Mechanism = fds.view(dfc.Endpoint.Mechanism)
+	if err := s.dp.Connect(ctx, dfc); err != nil {
 		if old == nil {
 			s.rollback(ctx, log, id, next)
 		}
 		return nil, err
 	}
+	restoreParams(fc.Client.Mechanism, dfc.Client.Mechanism)
+	restoreParams(fc.Endpoint.Mechanism, dfc.Endpoint.Mechanism)
 	// The dataplane may have chosen interface names; remember them so a
 	// refresh asks for the same ones.
 	setParams(cm, fc.Client.Mechanism.Params)
@@ -142,7 +183,10 @@ func (s *Server) request(ctx context.Context, req *networkservice.NetworkService
 		log.DebugContext(ctx, "no stats", "error", err)
 	}
 
-	e := &entry{conn: res, next: next, fc: fc, log: log}
+	if old != nil && old.owner != "" {
+		owner = old.owner
+	}
+	e := &entry{conn: res, next: next, fc: fc, owner: owner, log: log}
 	if err := s.persist(id, e); err != nil {
 		if old == nil {
 			s.rollback(ctx, log, id, next)
@@ -267,7 +311,7 @@ func (s *Server) endpointPreferences() []*networkservice.Mechanism {
 // buildConn validates the next hop's answer and turns it into the vWire to
 // build. It returns the next hop's mechanism (inside next) for the
 // dataplane's parameters to be copied back.
-func (s *Server) buildConn(ctx context.Context, id string, conn *networkservice.Connection, cm *networkservice.Mechanism, next *networkservice.Connection, expires time.Time) (*forwarder.Conn, *networkservice.Mechanism, error) {
+func (s *Server) buildConn(ctx context.Context, id string, conn *networkservice.Connection, cm *networkservice.Mechanism, next *networkservice.Connection, expires time.Time, fds *passedFDs) (*forwarder.Conn, *networkservice.Mechanism, error) {
 	segs := next.GetPath().GetPathSegments()
 	idx := conn.GetPath().GetIndex()
 	if int(idx) >= len(segs) || segs[idx].GetId() != id || segs[idx].GetName() != s.name {
@@ -285,7 +329,7 @@ func (s *Server) buildConn(ctx context.Context, id string, conn *networkservice.
 	if err := s.reg.Validate(fem, field); err != nil {
 		return nil, nil, err
 	}
-	if err := s.dp.Check(ctx, id, forwarder.SideEndpoint, fem); err != nil {
+	if err := s.dp.Check(ctx, id, forwarder.SideEndpoint, fds.view(fem)); err != nil {
 		return nil, nil, err
 	}
 	cip, eip, err := ipSides(next.GetContext().GetIpContext())
@@ -326,10 +370,4 @@ func (s *Server) closeNextHop(ctx context.Context, log *slog.Logger, next *netwo
 	if _, err := s.next.Close(rctx, next); err != nil {
 		log.WarnContext(ctx, "next hop close", "error", err)
 	}
-}
-
-// token returns an opaque token for our path segment.
-// TODO: a SPIFFE JWT once SVIDs are wired.
-func (s *Server) token() string {
-	return s.name + "-" + rand.Text()
 }

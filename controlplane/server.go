@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthgrpc "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/nsmfwd/nsmfwd/controlplane/identity"
 	"github.com/nsmfwd/nsmfwd/forwarder"
 )
 
@@ -32,6 +33,7 @@ const (
 	// DefaultMonitorBuffer is how many events a Monitor subscriber may lag
 	// behind before it is dropped.
 	DefaultMonitorBuffer = 256
+	DefaultFDWait        = 100 * time.Millisecond
 )
 
 // Options configure a Server.
@@ -69,6 +71,16 @@ type Options struct {
 	// MonitorBuffer is the per-subscriber event buffer; 0 means
 	// DefaultMonitorBuffer.
 	MonitorBuffer int
+	// Identity authenticates callers, signs our path segment tokens and
+	// decides who sees which connection; nil means
+	// identity.NewInsecure(Name, MaxTokenLifetime), for tests and
+	// development. cmd/nsmfwd always sets it.
+	Identity identity.Identity
+	// FDWait bounds the wait for a file descriptor announced by an
+	// inode:// URL on a unix socket peer (grpcfd); 0 means DefaultFDWait.
+	// Descriptors travel with the message that names them, so the wait
+	// only matters for a peer that names an inode without passing it.
+	FDWait time.Duration
 	// Metrics, when set, receives the server's Prometheus metrics: request
 	// and close latency histograms, reaped connections, and collectors that
 	// read live connection counts, readiness and per-connection datapath
@@ -92,6 +104,8 @@ type Server struct {
 	rbTO      time.Duration
 	monBuf    int
 	metrics   *metrics
+	id        identity.Identity
+	fdWait    time.Duration
 
 	ready atomic.Int32 // last readiness seen: 0 unknown, 1 ready, 2 not ready
 	locks keyedMutex
@@ -115,7 +129,12 @@ type entry struct {
 	// next is the connection the next hop returned, used to Close it.
 	next *networkservice.Connection
 	// fc is what the dataplane was asked to build.
-	fc    *forwarder.Conn
+	fc *forwarder.Conn
+	// owner is the identity of the caller that created the connection
+	// (see identity.Identity.Authenticate); only it may refresh, close
+	// or monitor the connection. Empty for records written before
+	// identities were kept: the next refresh claims them.
+	owner string
 	timer *time.Timer
 	log   *slog.Logger
 }
@@ -151,6 +170,8 @@ func New(opts Options) (*Server, error) {
 		reqTO:     orDefault(opts.RequestTimeout, DefaultRequestTimeout),
 		rbTO:      orDefault(opts.RollbackTimeout, DefaultRollbackTimeout),
 		monBuf:    opts.MonitorBuffer,
+		id:        opts.Identity,
+		fdWait:    orDefault(opts.FDWait, DefaultFDWait),
 		conns:     make(map[string]*entry),
 		subs:      make(map[*subscriber]struct{}),
 		bgDone:    make(chan struct{}),
@@ -160,6 +181,9 @@ func New(opts Options) (*Server, error) {
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.id == nil {
+		s.id = identity.NewInsecure(s.name, s.maxTTL)
 	}
 	if s.monBuf <= 0 {
 		s.monBuf = DefaultMonitorBuffer

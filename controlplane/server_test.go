@@ -225,8 +225,15 @@ func TestCloseByOurID(t *testing.T) {
 	if _, err := e.client.Request(t.Context(), newRequest("nsc-1", time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	for id := range e.srv.Connections() {
-		if _, err := e.client.Close(t.Context(), &networkservice.Connection{Id: id}); err != nil {
+	for id, conn := range e.srv.Connections() {
+		// Without a path the Close names no caller: refused, the
+		// connection belongs to the identity that created it.
+		if _, err := e.client.Close(t.Context(), &networkservice.Connection{Id: id}); status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("Close by bare id: %v, want PermissionDenied", err)
+		}
+		// Our frame (Path.Index on our segment): the caller is the
+		// segment before ours.
+		if _, err := e.client.Close(t.Context(), conn); err != nil {
 			t.Fatal(err)
 		}
 	}

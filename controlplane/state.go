@@ -26,6 +26,8 @@ type record struct {
 	NextHop json.RawMessage `json:"next_hop"`
 	// Forwarder is the vWire as the dataplane built it.
 	Forwarder *forwarder.Conn `json:"forwarder"`
+	// Owner is the identity that created the connection (entry.owner).
+	Owner string `json:"owner,omitempty"`
 }
 
 func (s *Server) persist(id string, e *entry) error {
@@ -40,7 +42,7 @@ func (s *Server) persist(id string, e *entry) error {
 	if err != nil {
 		return fmt.Errorf("state encode %q: %w", id, err)
 	}
-	data, err := json.Marshal(record{Conn: c, NextHop: n, Forwarder: e.fc})
+	data, err := json.Marshal(record{Conn: c, NextHop: n, Forwarder: e.fc, Owner: e.owner})
 	if err != nil {
 		return fmt.Errorf("state encode %q: %w", id, err)
 	}
@@ -66,7 +68,7 @@ func decodeRecord(id string, data []byte) (*entry, error) {
 	if err := json.Unmarshal(data, &r); err != nil {
 		return nil, fmt.Errorf("state decode %q: %w", id, err)
 	}
-	e := &entry{conn: &networkservice.Connection{}, next: &networkservice.Connection{}, fc: r.Forwarder}
+	e := &entry{conn: &networkservice.Connection{}, next: &networkservice.Connection{}, fc: r.Forwarder, owner: r.Owner}
 	if err := protojson.Unmarshal(r.Conn, e.conn); err != nil {
 		return nil, fmt.Errorf("state decode %q: conn: %w", id, err)
 	}

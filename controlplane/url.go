@@ -65,9 +65,9 @@ func checkHostPort(hostport string) error {
 	return nil
 }
 
-// Dial connects to rawURL (see ParseURL) with insecure transport
-// credentials and waits up to timeout for the connection to be ready.
-// TODO: SPIFFE mTLS.
+// Dial connects to rawURL (see ParseURL) and waits up to timeout for the
+// connection to be ready. Transport credentials are plaintext unless opts
+// give others (identity.Identity.DialOptions: mTLS with SPIFFE).
 func Dial(ctx context.Context, rawURL string, timeout time.Duration, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	cc, err := NewClient(rawURL, opts...)
 	if err != nil {

@@ -26,6 +26,7 @@ type Config struct {
 	MTU              uint32        `env:"NSM_MTU" default:"0" desc:"MTU set in the connection context when the request leaves it 0; 0 leaves it unset"`
 	MaxTokenLifetime time.Duration `env:"NSM_MAX_TOKEN_LIFETIME" default:"10m" desc:"lifetime of the endpoint's path segment token"`
 	LogLevel         slog.Level    `env:"NSM_LOG_LEVEL" default:"INFO" desc:"log level: TRACE, DEBUG, INFO, WARN or ERROR"`
+	SpiffeSocket     string        `env:"SPIFFE_ENDPOINT_SOCKET" default:"" desc:"SPIFFE Workload API: serve mutual TLS with the X.509 SVID got there; empty serves plaintext"`
 
 	ListenOn   *url.URL
 	CIDRPrefix []netip.Prefix

@@ -18,9 +18,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/edwarnicke/grpcfd"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/nsmfwd/nsmfwd/controlplane/endpoint"
+	"github.com/nsmfwd/nsmfwd/controlplane/identity"
 )
 
 func main() {
@@ -77,7 +80,21 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- net.Add
 	}
 	defer cleanup()
 
-	s := grpc.NewServer()
+	// grpcfd: a forwarder on a unix socket gets our namespace by
+	// descriptor with each answer. With SPIFFE, mutual TLS.
+	serverOpts := []grpc.ServerOption{grpc.Creds(grpcfd.TransportCredentials(insecure.NewCredentials()))}
+	if cfg.SpiffeSocket != "" {
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		id, closer, err := identity.FromWorkloadAPI(wctx, cfg.SpiffeSocket, cfg.MaxTokenLifetime)
+		cancel()
+		if err != nil {
+			return err
+		}
+		defer closer.Close()
+		serverOpts = id.ServerOptions()
+		log.InfoContext(ctx, "serving mTLS", "spiffe_id", id.Self())
+	}
+	s := grpc.NewServer(serverOpts...)
 	e.Register(s)
 	errc := make(chan error, 1)
 	go func() { errc <- s.Serve(l) }()

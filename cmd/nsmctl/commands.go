@@ -11,12 +11,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/edwarnicke/grpcfd"
 	"github.com/networkservicemesh/api/pkg/api/networkservice"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/nsmfwd/nsmfwd/controlplane/identity"
 	"github.com/nsmfwd/nsmfwd/controlplane/nsc"
 	"github.com/nsmfwd/nsmfwd/forwarder"
 )
@@ -27,9 +28,13 @@ type common struct {
 	Timeout   time.Duration
 	Output    string
 	Forwarder string
+	// spiffe is SPIFFE_ENDPOINT_SOCKET: when set, calls are mTLS with our
+	// X.509 SVID and carry a token signed with it.
+	spiffe string
 }
 
 func (c *common) register(fs *flag.FlagSet, e env, output bool) {
+	c.spiffe = e.getenv("SPIFFE_ENDPOINT_SOCKET")
 	def := e.getenv("NSM_CONNECT_TO")
 	if def == "" {
 		def = defaultAddr
@@ -61,27 +66,43 @@ func (c *common) check(fs *flag.FlagSet, args []string) error {
 	return nil
 }
 
-func (c *common) dial() (*grpc.ClientConn, error) {
+// dial connects to the forwarder: with SPIFFE_ENDPOINT_SOCKET set, mutual
+// TLS with our SVID and path tokens signed with it, valid for lifetime;
+// otherwise plaintext. Both can pass descriptors over unix sockets.
+// closeFn closes the connection and the SVID source.
+func (c *common) dial(ctx context.Context, lifetime time.Duration) (cc *grpc.ClientConn, closeFn func(), err error) {
 	target, err := grpcTarget(c.Addr)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	opts := identity.PlaintextDialOptions()
+	closeID := func() {}
+	if c.spiffe != "" {
+		wctx, cancel := context.WithTimeout(ctx, c.Timeout)
+		id, closer, err := identity.FromWorkloadAPI(wctx, c.spiffe, lifetime)
+		cancel()
+		if err != nil {
+			return nil, nil, fmt.Errorf("SPIFFE_ENDPOINT_SOCKET: %w", err)
+		}
+		opts, closeID = id.DialOptions(), func() { _ = closer.Close() }
+	}
+	cc, err = grpc.NewClient(target, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", c.Addr, err)
+		closeID()
+		return nil, nil, fmt.Errorf("dial %s: %w", c.Addr, err)
 	}
-	return cc, nil
+	return cc, func() { _ = cc.Close(); closeID() }, nil
 }
 
 // session dials the forwarder for one call: the context carries --timeout,
-// and done closes both.
-func (c *common) session(ctx context.Context) (*grpc.ClientConn, context.Context, func(), error) {
-	cc, err := c.dial()
+// and done closes both. lifetime bounds our token (SPIFFE only).
+func (c *common) session(ctx context.Context, lifetime time.Duration) (*grpc.ClientConn, context.Context, func(), error) {
+	cc, closeFn, err := c.dial(ctx, lifetime)
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
-	return cc, ctx, func() { cancel(); _ = cc.Close() }, nil
+	return cc, ctx, func() { cancel(); closeFn() }, nil
 }
 
 // ---- connect ----
@@ -169,12 +190,17 @@ func (c *connectCmd) run(ctx context.Context, e env) error {
 	if err != nil {
 		return err
 	}
-	cc, err := c.dial()
+	cc, closeFn, err := c.dial(ctx, c.Lifetime)
 	if err != nil {
 		return err
 	}
-	defer cc.Close()
+	defer closeFn()
 	client := networkservice.NewNetworkServiceClient(cc)
+	if c.Inode {
+		// As NSM's NSC does: the namespace goes by descriptor (grpcfd)
+		// too, so a forwarder without hostPID can open it.
+		client = sendFile{NetworkServiceClient: client, path: c.NetNS}
+	}
 	rctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	conn, err := nsc.Request(rctx, client, nsc.RequestOptions{
 		ID:             c.ID,
@@ -267,7 +293,11 @@ func parseClose(fs *flag.FlagSet, e env, args []string) (runner, error) {
 }
 
 func (c *byIDCmd) run(ctx context.Context, e env) error {
-	cc, ctx, done, err := c.session(ctx)
+	lifetime := c.Lifetime // refresh: the new token lifetime
+	if !c.refresh {
+		lifetime = nsc.DefaultTokenLifetime
+	}
+	cc, ctx, done, err := c.session(ctx, lifetime)
 	if err != nil {
 		return err
 	}
@@ -375,7 +405,7 @@ func parseList(fs *flag.FlagSet, e env, args []string) (runner, error) {
 }
 
 func (c *listCmd) run(ctx context.Context, e env) error {
-	cc, ctx, done, err := c.session(ctx)
+	cc, ctx, done, err := c.session(ctx, nsc.DefaultTokenLifetime)
 	if err != nil {
 		return err
 	}
@@ -414,11 +444,11 @@ type eventOut struct {
 }
 
 func (c *monitorCmd) run(ctx context.Context, e env) error {
-	cc, err := c.dial()
+	cc, closeFn, err := c.dial(ctx, nsc.DefaultTokenLifetime)
 	if err != nil {
 		return err
 	}
-	defer cc.Close()
+	defer closeFn()
 	enc := json.NewEncoder(e.stdout)
 	err = nsc.Watch(ctx, networkservice.NewMonitorConnectionClient(cc), nil, func(ev *networkservice.ConnectionEvent) error {
 		out := eventOut{Type: ev.GetType().String(), Connections: []connInfo{}}
@@ -440,4 +470,24 @@ func (c *monitorCmd) run(ctx context.Context, e env) error {
 		return nil // interrupted: a normal end of monitoring
 	}
 	return err
+}
+
+// sendFile passes the file at path by descriptor (grpcfd) with each
+// Request, as NSM's sendfd client does for inode:// URLs.
+type sendFile struct {
+	networkservice.NetworkServiceClient
+	path string
+}
+
+func (s sendFile) Request(ctx context.Context, req *networkservice.NetworkServiceRequest, opts ...grpc.CallOption) (*networkservice.Connection, error) {
+	creds := grpcfd.PerRPCCredentials(grpcfd.PerRPCCredentialsFromCallOptions(opts...))
+	if sender, ok := grpcfd.FromPerRPCCredentials(creds); ok {
+		errc := sender.SendFilename(s.path)
+		// Reported once sent with the Request (or the connection closed).
+		go func() {
+			for range errc {
+			}
+		}()
+	}
+	return s.NetworkServiceClient.Request(ctx, req, append(opts, grpc.PerRPCCredentials(creds))...)
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/nsmfwd/nsmfwd/controlplane/nsc"
 )
 
 // healthCmd asks the forwarder's grpc health service, for exec probes:
@@ -27,7 +29,7 @@ func parseHealth(fs *flag.FlagSet, e env, args []string) (runner, error) {
 }
 
 func (c *healthCmd) run(ctx context.Context, e env) error {
-	cc, ctx, done, err := c.session(ctx)
+	cc, ctx, done, err := c.session(ctx, nsc.DefaultTokenLifetime)
 	if err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/edwarnicke/grpcfd"
 	"github.com/google/uuid"
 	"github.com/networkservicemesh/api/pkg/api/networkservice"
 	"google.golang.org/grpc"
@@ -83,10 +84,13 @@ type Endpoint struct {
 	name     string
 	services []string
 	netnsURL string
-	prefix   string
-	lifetime time.Duration
-	mtu      uint32
-	log      *slog.Logger
+	// netnsPath is passed by descriptor (grpcfd) with each answer when
+	// netnsURL is our own namespace's inode URL.
+	netnsPath string
+	prefix    string
+	lifetime  time.Duration
+	mtu       uint32
+	log       *slog.Logger
 
 	mu       sync.Mutex
 	pools    []*pool
@@ -144,6 +148,7 @@ func New(opts Options) (*Endpoint, error) {
 			return nil, fmt.Errorf("endpoint: %w", err)
 		}
 		e.netnsURL = u
+		e.netnsPath = selfNetNS
 	}
 	if _, err := forwarder.ParseNetNSURL(e.netnsURL); err != nil {
 		return nil, fmt.Errorf("endpoint: %w", err)
@@ -164,10 +169,12 @@ func New(opts Options) (*Endpoint, error) {
 	return e, nil
 }
 
+const selfNetNS = "/proc/self/ns/net"
+
 // SelfNetNSURL returns the inode://DEV/INO URL of the calling process's
 // network namespace, in the format NSM's grpcfd uses.
 func SelfNetNSURL() (string, error) {
-	fi, err := os.Stat("/proc/self/ns/net")
+	fi, err := os.Stat(selfNetNS)
 	if err != nil {
 		return "", fmt.Errorf("stat own network namespace: %w", err)
 	}
@@ -268,8 +275,29 @@ func (e *Endpoint) Request(ctx context.Context, req *networkservice.NetworkServi
 		"src", conn.GetContext().GetIpContext().GetSrcIpAddrs(), "dst", conn.GetContext().GetIpContext().GetDstIpAddrs(),
 		"expires", callerExpires)
 
+	e.sendNetNS(ctx)
 	nsmpath.Restore(conn, prev)
 	return conn, nil
+}
+
+// sendNetNS passes our namespace by descriptor with the answer when the
+// caller is connected over a unix socket with grpcfd (as NSM's endpoints
+// do), so the forwarder needs no access to our /proc.
+func (e *Endpoint) sendNetNS(ctx context.Context) {
+	if e.netnsPath == "" {
+		return
+	}
+	sender, ok := grpcfd.FromContext(ctx)
+	if !ok {
+		return
+	}
+	errc := sender.SendFilename(e.netnsPath)
+	// grpcfd reports on errc once the descriptor went out with our answer
+	// (or the connection closed); nothing to do with it but drain it.
+	go func() {
+		for range errc {
+		}
+	}()
 }
 
 // Close releases the connection's addresses. An unknown connection is not

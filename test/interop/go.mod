@@ -3,9 +3,12 @@ module github.com/nsmfwd/nsmfwd/test/interop
 go 1.26.8
 
 require (
+	github.com/edwarnicke/grpcfd v1.1.4
+	github.com/go-jose/go-jose/v4 v4.1.4
 	github.com/networkservicemesh/api v1.18.0
 	github.com/networkservicemesh/sdk v1.18.0
 	github.com/nsmfwd/nsmfwd v0.0.0-00010101000000-000000000000
+	github.com/spiffe/go-spiffe/v2 v2.6.0
 	go.uber.org/goleak v1.3.1-0.20241121203838-4ff5fa6529ee
 	google.golang.org/grpc v1.79.3
 	google.golang.org/protobuf v1.36.12
@@ -23,12 +26,10 @@ require (
 	github.com/davecgh/go-spew v1.1.2-0.20180830191138-d8f796af33cc // indirect
 	github.com/edwarnicke/exechelper v1.0.2 // indirect
 	github.com/edwarnicke/genericsync v0.0.0-20220910010113-61a344f9bc29 // indirect
-	github.com/edwarnicke/grpcfd v1.1.4 // indirect
 	github.com/edwarnicke/serialize v1.0.7 // indirect
-	github.com/fsnotify/fsnotify v1.8.0 // indirect
+	github.com/fsnotify/fsnotify v1.9.0 // indirect
 	github.com/ghodss/yaml v1.0.0 // indirect
 	github.com/go-ini/ini v1.67.0 // indirect
-	github.com/go-jose/go-jose/v4 v4.1.4 // indirect
 	github.com/go-logr/logr v1.4.3 // indirect
 	github.com/go-logr/stdr v1.2.2 // indirect
 	github.com/gobwas/glob v0.2.3 // indirect
@@ -49,7 +50,6 @@ require (
 	github.com/prometheus/procfs v0.16.1 // indirect
 	github.com/rcrowley/go-metrics v0.0.0-20201227073835-cf1acfcdf475 // indirect
 	github.com/sirupsen/logrus v1.9.3 // indirect
-	github.com/spiffe/go-spiffe/v2 v2.6.0 // indirect
 	github.com/stretchr/testify v1.11.1 // indirect
 	github.com/tchap/go-patricia/v2 v2.3.2 // indirect
 	github.com/vishvananda/netlink v1.3.1 // indirect

@@ -9,7 +9,11 @@ import (
 
 	"github.com/networkservicemesh/api/pkg/api/networkservice"
 	"github.com/networkservicemesh/api/pkg/api/networkservice/payload"
+	"github.com/networkservicemesh/sdk/pkg/tools/sandbox"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
+	"github.com/nsmfwd/nsmfwd/controlplane"
 	"github.com/nsmfwd/nsmfwd/internal/netns/nstest"
 )
 
@@ -193,4 +197,45 @@ func sameSnapshot(a, b snapshot) bool {
 		}
 	}
 	return len(a.links) == len(b.links) && slices.Equal(a.progs, b.progs)
+}
+
+// TestSDKInteropOtherIdentityCannotClose: a caller other than the one that
+// created a connection (NSM's NSMgr here) can neither close nor refresh
+// it. The sandbox is plaintext, so nsmfwd runs in its insecure mode, where
+// a caller's identity is its path segment's name; tier 3
+// (TestSPIFFEInterop) checks the same with SPIFFE IDs.
+func TestSDKInteropOtherIdentityCannotClose(t *testing.T) {
+	w := newWorld(t)
+	conn := w.request(nil)
+	w.pingBothWays(conn)
+
+	cc, err := controlplane.NewClient(w.fwdURL, sandbox.DialOptions(sandbox.WithTokenGenerator(sandbox.GenerateTestToken))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	intruder := networkservice.NewNetworkServiceClient(cc)
+	// The connection in nsmfwd's caller's frame (NSMgr's segment), sent
+	// by a hop with another name.
+	c := conn.Clone()
+	c.Path.Index = 1
+	c.Id = c.GetPath().GetPathSegments()[1].GetId()
+	c.GetPath().GetPathSegments()[1].Name = "intruder-" + w.name
+	_, err = intruder.Close(w.callCtx(), c)
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("Close by another identity: %v, want PermissionDenied", err)
+	}
+	t.Logf("Close by another identity: %v", err)
+	if _, err := intruder.Request(w.callCtx(), &networkservice.NetworkServiceRequest{Connection: c}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("refresh by another identity: %v, want PermissionDenied", err)
+	}
+	if n := len(w.fwd.srv.Connections()); n != 1 {
+		t.Fatalf("nsmfwd holds %d connections after refused calls, want 1", n)
+	}
+	w.pingBothWays(conn)
+
+	if _, err := w.nsc.Close(w.callCtx(), conn); err != nil {
+		t.Fatalf("NSC Close: %v", err)
+	}
+	w.requireClean("after the owner's Close")
 }
