@@ -16,6 +16,7 @@ const (
 	CodeNotFound           Code = 5
 	CodeAlreadyExists      Code = 6
 	CodePermissionDenied   Code = 7
+	CodeResourceExhausted  Code = 8
 	CodeFailedPrecondition Code = 9
 	CodeUnimplemented      Code = 12
 	CodeInternal           Code = 13
@@ -32,6 +33,8 @@ func (c Code) String() string {
 		return "AlreadyExists"
 	case CodePermissionDenied:
 		return "PermissionDenied"
+	case CodeResourceExhausted:
+		return "ResourceExhausted"
 	case CodeFailedPrecondition:
 		return "FailedPrecondition"
 	case CodeUnimplemented:

@@ -14,17 +14,20 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// sriovConfig is the PLANNED format of the SR-IOV dataplane's node config
+// sriovConfig mirrors the SR-IOV dataplane's node config, sriov.Config
 // (deployments/k8s/overlays/sriov/sriov-config.yaml documents each field).
-// It lives here until that dataplane reads it; then this check should decode
-// into the dataplane's own type instead.
+// This module does not import nsmfwd's, so the type is repeated here; the
+// sriov package's own tests decode the same file with sriov.ParseConfig.
 type sriovConfig struct {
 	Version           int       `json:"version"`
+	DefaultToken      string    `json:"defaultToken"`
 	PhysicalFunctions []sriovPF `json:"physicalFunctions"`
 }
 
 type sriovPF struct {
 	PCIAddress     string    `json:"pciAddress"`
+	Name           string    `json:"name"`
+	VLANs          string    `json:"vlans"`
 	PFDriver       string    `json:"pfDriver"`
 	Capabilities   []string  `json:"capabilities"`
 	ServiceDomains []string  `json:"serviceDomains"`
@@ -65,6 +68,10 @@ func parseSRIOVConfig(data []byte) (*sriovConfig, error) {
 	for _, pf := range cfg.PhysicalFunctions {
 		p := pf.PCIAddress
 		switch {
+		case p == "" && pf.Name != "":
+			p = pf.Name // a netdev name, resolved by nsmfwd through sysfs
+		case pf.Name != "":
+			fail("%s: both pciAddress and name", p)
 		case !pciAddress.MatchString(p):
 			fail("pciAddress %q: want DDDD:BB:DD.F in lower-case hex", p)
 		case seen[p]:
