@@ -23,6 +23,9 @@ const reapDeadline = time.Second
 
 // runDeath runs the death scenarios when the dataplane watches for deaths.
 func runDeath(t *testing.T, h Harness) {
+	if h.SkipDeath != "" {
+		t.Skip(h.SkipDeath)
+	}
 	probe := h.NewDataplane(t, "", fmt.Sprintf("probe-%d", time.Now().UnixNano()%1e9))
 	_, watches := probe.(forwarder.Watcher)
 	_ = probe.Close()

@@ -40,6 +40,19 @@ type Harness struct {
 	// ScaleConnections is how many concurrent connections the scale
 	// scenario builds (default 100; 0 keeps the default, <0 skips it).
 	ScaleConnections int
+	// Objects, when set, lists the dataplane's own objects outside the
+	// kernel (VPP interfaces, say) for the node namespace at hostNS; they
+	// are compared before and after each scenario like links are.
+	Objects func(t testing.TB, hostNS string) []string
+	// SetupNode, when set, is called once per scenario with the node
+	// namespace's path before the baseline is taken, to put node-wide
+	// objects in place that the dataplane uses but does not own (the
+	// SR-IOV dataplane's VF stand-ins).
+	SetupNode func(t testing.TB, nodeNS string)
+	// SkipDeath, when set, skips the death scenarios with this reason
+	// (their expectations follow veth ends, which die with a namespace
+	// where a VF's netdev comes back).
+	SkipDeath string
 }
 
 // env is one scenario's world: a node namespace holding the forwarder's
@@ -81,8 +94,9 @@ type fwdInstance struct {
 // snapshot is what must be identical before a scenario and after its
 // teardown: links in each namespace involved and BPF programs machine-wide.
 type snapshot struct {
-	links map[string][]string
-	progs []uint32
+	links   map[string][]string
+	progs   []uint32
+	objects []string
 }
 
 const ctlTimeout = 30 * time.Second
@@ -111,6 +125,9 @@ func newEnv(t *testing.T, h Harness, opts ...envOption) *env {
 	e.name = fmt.Sprintf("fwd-%d", time.Now().UnixNano()%1e9)
 	for _, ns := range []*nsInfo{&e.node, &e.client, &e.endpoint} {
 		ns.name, ns.path = nstest.New(t)
+	}
+	if h.SetupNode != nil {
+		h.SetupNode(t, e.node.path)
 	}
 	e.before = e.snapshot()
 
@@ -242,6 +259,10 @@ func (e *env) snapshot() snapshot {
 	}
 	s.progs = nstest.BPFProgIDs(e.t)
 	slices.Sort(s.progs)
+	if e.h.Objects != nil {
+		s.objects = e.h.Objects(e.t, e.node.path)
+		slices.Sort(s.objects)
+	}
 	return s
 }
 
@@ -259,8 +280,8 @@ func (e *env) requireClean(what string) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	if !e.sameAsBefore(now) {
-		e.t.Fatalf("%s: left behind:\nlinks before %v\nlinks after  %v\nBPF programs before %v\nBPF programs after  %v",
-			what, e.before.links, now.links, e.before.progs, now.progs)
+		e.t.Fatalf("%s: left behind:\nlinks before %v\nlinks after  %v\nBPF programs before %v\nBPF programs after  %v\ndataplane objects before %v\ndataplane objects after  %v",
+			what, e.before.links, now.links, e.before.progs, now.progs, e.before.objects, now.objects)
 	}
 }
 
@@ -277,6 +298,9 @@ func (e *env) requireUnchanged(what string, snap snapshot) {
 	if !slices.Equal(snap.progs, now.progs) {
 		e.t.Fatalf("%s changed BPF programs: %v -> %v", what, snap.progs, now.progs)
 	}
+	if !slices.Equal(snap.objects, now.objects) {
+		e.t.Fatalf("%s changed dataplane objects: %v -> %v", what, snap.objects, now.objects)
+	}
 }
 
 func (e *env) sameAsBefore(now snapshot) bool {
@@ -285,7 +309,7 @@ func (e *env) sameAsBefore(now snapshot) bool {
 			return false
 		}
 	}
-	return slices.Equal(e.before.progs, now.progs)
+	return slices.Equal(e.before.progs, now.progs) && slices.Equal(e.before.objects, now.objects)
 }
 
 func (e *env) ctx() context.Context {

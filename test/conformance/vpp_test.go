@@ -1,0 +1,136 @@
+package conformance
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	interfaces "go.fd.io/govpp/binapi/interface"
+	"go.fd.io/govpp/binapi/interface_types"
+
+	"github.com/nsmfwd/nsmfwd/forwarder"
+	"github.com/nsmfwd/nsmfwd/vppapi"
+)
+
+// vppBin finds VPP through VPP_BIN or PATH, or skips the test.
+func vppBin(t testing.TB) string {
+	t.Helper()
+	if b := os.Getenv("VPP_BIN"); b != "" {
+		if _, err := os.Stat(b); err != nil {
+			t.Fatalf("VPP_BIN=%s: %v", b, err)
+		}
+		return b
+	}
+	if b, err := exec.LookPath("vpp"); err == nil {
+		return b
+	}
+	t.Skip("no VPP binary: set VPP_BIN or put vpp on PATH to run the VPP dataplane suite (VPP 25.10)")
+	return ""
+}
+
+// vppWorld is one VPP per node namespace, shared by the forwarder
+// instances a scenario starts there (a restart reuses it, as a DaemonSet's
+// VPP outlives a forwarder restart).
+type vppWorld struct {
+	mu    sync.Mutex
+	procs map[string]*vppapi.Process
+	conns map[string]*vppapi.Conn
+}
+
+func vppHarness(t *testing.T, mode string) Harness {
+	bin := vppBin(t)
+	w := &vppWorld{procs: map[string]*vppapi.Process{}, conns: map[string]*vppapi.Conn{}}
+	return Harness{
+		NewDataplane: func(t testing.TB, hostNS, name string) forwarder.Dataplane {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			p := w.procs[hostNS]
+			if p == nil {
+				// Short: unix socket paths are limited to 108 bytes.
+				dir, err := os.MkdirTemp("", "vpp")
+				if err != nil {
+					t.Fatal(err)
+				}
+				p, err = vppapi.StartProcess(ctx, vppapi.ProcessOptions{Bin: bin, RuntimeDir: dir, NetNS: hostNS, MainCore: -1})
+				if err != nil {
+					t.Fatalf("start VPP: %v", err)
+				}
+				w.procs[hostNS] = p
+				t.Cleanup(func() {
+					w.mu.Lock()
+					delete(w.procs, hostNS)
+					delete(w.conns, hostNS)
+					w.mu.Unlock()
+					p.Stop()
+					if t.Failed() {
+						out, _ := os.ReadFile(filepath.Join(dir, "vpp.out"))
+						t.Logf("VPP output (%s):\n%s", dir, tail(out, 3000))
+					}
+					_ = os.RemoveAll(dir)
+				})
+			}
+			conn, err := vppapi.Dial(ctx, vppapi.ConnOptions{Socket: p.APISocket(), Logger: testLogger(t)})
+			if err != nil {
+				t.Fatalf("connect to VPP: %v", err)
+			}
+			t.Cleanup(conn.Close)
+			w.conns[hostNS] = conn
+			stats := vppapi.NewStats(p.StatsSocket())
+			t.Cleanup(stats.Close)
+			dp, err := vppapi.New(ctx, vppapi.Options{
+				Name: name, Conn: conn, HostNetNS: hostNS, KernelMode: mode,
+				MemifDir: filepath.Join(os.TempDir(), "nsmfwd-memif"), Stats: stats, Logger: testLogger(t),
+			})
+			if err != nil {
+				t.Fatalf("vpp dataplane: %v", err)
+			}
+			return dp
+		},
+		Objects: func(t testing.TB, hostNS string) []string {
+			w.mu.Lock()
+			conn := w.conns[hostNS]
+			w.mu.Unlock()
+			if conn == nil {
+				return nil
+			}
+			return vppObjects(t, conn)
+		},
+	}
+}
+
+// vppObjects lists VPP's interfaces apart from local0, by name and tag.
+func vppObjects(t testing.TB, conn *vppapi.Conn) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ifs, err := vppapi.Dump[*interfaces.SwInterfaceDetails](ctx, conn, &interfaces.SwInterfaceDump{SwIfIndex: ^interface_types.InterfaceIndex(0)})
+	if err != nil {
+		t.Fatalf("dump VPP interfaces: %v", err)
+	}
+	var out []string
+	for _, i := range ifs {
+		if i.InterfaceName == "local0" {
+			continue
+		}
+		out = append(out, strings.TrimSpace(i.InterfaceName+" "+i.Tag))
+	}
+	return out
+}
+
+// TestVPPAFPacket runs the suite on the VPP dataplane with KERNEL sides
+// attached by af_packet.
+func TestVPPAFPacket(t *testing.T) { Run(t, vppHarness(t, vppapi.ModeAFPacket)) }
+
+func tail(b []byte, n int) string {
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(b)
+}

@@ -1,0 +1,585 @@
+package vppapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"go.fd.io/govpp/binapi/memclnt"
+
+	"github.com/nsmfwd/nsmfwd/forwarder"
+	"github.com/nsmfwd/nsmfwd/internal/keyed"
+	inetns "github.com/nsmfwd/nsmfwd/internal/netns"
+	"github.com/nsmfwd/nsmfwd/internal/vwire"
+)
+
+// NSM's MEMIF mechanism and its parameter keys (as in
+// github.com/networkservicemesh/api's memif package).
+const (
+	MechanismMemif = "MEMIF"
+	// ParamSocketFile is the memif socket's path, set by the forwarder.
+	ParamSocketFile = "socketfile"
+)
+
+// DefaultMemifDir is where per-connection memif sockets live unless
+// Options.MemifDir says otherwise.
+const DefaultMemifDir = "/run/nsmfwd/memif"
+
+const rollbackTimeout = 10 * time.Second
+
+// Options configure a Dataplane.
+type Options struct {
+	// Name is the forwarder's NSM name; it scopes every object the
+	// dataplane owns (VPP interface tags, link aliases, memif sockets).
+	// Required; [A-Za-z0-9_.-]{1,64}.
+	Name string
+	// Conn is the connection to VPP. Rebind replaces it after VPP restarts.
+	Conn *Conn
+	// HostNetNS is the namespace VPP runs in, where host-side veth ends
+	// are created. "" means the process's own.
+	HostNetNS string
+	// KernelMode is how KERNEL sides reach VPP: ModeAFPacket (default),
+	// ModeAFXDP or ModeTap.
+	KernelMode string
+	// MemifDir holds one directory per MEMIF connection with its socket.
+	// Default DefaultMemifDir.
+	MemifDir string
+	// Stats reads interface counters; nil: Stats reports zeros.
+	Stats StatsReader
+	// Logger receives the dataplane's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// StatsReader reads VPP interface counters by sw_if_index.
+type StatsReader interface {
+	InterfaceCounters(ctx context.Context, idx ...uint32) (map[uint32]forwarder.Counters, map[uint32]forwarder.Counters, error)
+}
+
+// Dataplane is the VPP dataplane: each side's interface is attached to VPP
+// (veth + af_packet or AF_XDP, tap, or memif) and VPP cross-connects them,
+// at L2 for ETHERNET payloads and with l3xc for IP payloads.
+type Dataplane struct {
+	opts   Options
+	log    *slog.Logger
+	hostNS netns.NsHandle
+	host   *netlink.Handle
+	locks  keyed.Mutex
+
+	mu   sync.RWMutex
+	conn *Conn
+	live map[string]*connState // what this process built, for replay
+}
+
+// connState is one connection's VPP objects.
+type connState struct {
+	conn *forwarder.Conn
+	ifs  [2]*vppIf  // client, endpoint
+	sock [2]*uint32 // memif socket ids
+}
+
+var _ forwarder.Dataplane = (*Dataplane)(nil)
+
+// New returns a VPP dataplane over opts.Conn. It creates nothing; call
+// Reconcile to adopt what a previous process built.
+func New(_ context.Context, opts Options) (*Dataplane, error) {
+	if !vwire.ValidName.MatchString(opts.Name) {
+		return nil, fmt.Errorf("vpp dataplane: name %q must match %s", opts.Name, vwire.ValidName)
+	}
+	switch opts.KernelMode {
+	case "":
+		opts.KernelMode = ModeAFPacket
+	case ModeAFPacket, ModeAFXDP, ModeTap:
+	default:
+		return nil, fmt.Errorf("vpp dataplane: kernel mode %q is not %s, %s or %s", opts.KernelMode, ModeAFPacket, ModeAFXDP, ModeTap)
+	}
+	if opts.MemifDir == "" {
+		opts.MemifDir = DefaultMemifDir
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	d := &Dataplane{opts: opts, log: log.With("dataplane", "vpp"), conn: opts.Conn, live: map[string]*connState{}}
+	var err error
+	if opts.HostNetNS == "" {
+		d.hostNS, err = netns.GetFromPath("/proc/self/ns/net")
+		if err == nil {
+			d.host, err = netlink.NewHandle()
+		}
+	} else {
+		d.hostNS, err = inetns.Resolve(forwarder.NetNSRef{Path: opts.HostNetNS})
+		if err == nil {
+			d.host, err = netlink.NewHandleAt(d.hostNS)
+		}
+	}
+	if err != nil {
+		_ = d.Close()
+		return nil, fmt.Errorf("vpp dataplane: host namespace %q: %w", opts.HostNetNS, err)
+	}
+	return d, nil
+}
+
+// Name implements forwarder.Dataplane.
+func (d *Dataplane) Name() string { return "vpp" }
+
+// Mechanisms implements forwarder.Dataplane.
+func (d *Dataplane) Mechanisms(forwarder.SideKind) []string {
+	return []string{forwarder.MechanismKernel, MechanismMemif}
+}
+
+// Ready implements forwarder.Dataplane: VPP answers.
+func (d *Dataplane) Ready(ctx context.Context) error {
+	c := d.current()
+	if c == nil {
+		return forwarder.Errorf(forwarder.CodeUnavailable, "", "vpp dataplane: not connected to VPP")
+	}
+	if err := c.Invoke(ctx, &memclnt.ControlPing{}, &memclnt.ControlPingReply{}); err != nil {
+		return forwarder.Errorf(forwarder.CodeUnavailable, "", "vpp dataplane: %w", err)
+	}
+	return nil
+}
+
+// Close releases the dataplane's handles; vWires stay in place.
+func (d *Dataplane) Close() error {
+	if d.host != nil {
+		d.host.Close()
+		d.host = nil
+	}
+	if d.hostNS.IsOpen() {
+		err := d.hostNS.Close()
+		d.hostNS = netns.None()
+		return err
+	}
+	return nil
+}
+
+// Conn is the current connection to VPP (nil while VPP is being
+// restarted).
+func (d *Dataplane) Conn() *Conn { return d.current() }
+
+func (d *Dataplane) current() *Conn {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.conn
+}
+
+func (d *Dataplane) conns() (*Conn, error) {
+	c := d.current()
+	if c == nil {
+		return nil, forwarder.Errorf(forwarder.CodeUnavailable, "", "vpp dataplane: not connected to VPP")
+	}
+	return c, nil
+}
+
+// Check implements forwarder.Dataplane.
+func (d *Dataplane) Check(_ context.Context, id string, side forwarder.SideKind, m forwarder.Mechanism) error {
+	switch m.Type {
+	case forwarder.MechanismKernel:
+		ns, err := vwire.ResolveNetNS(side, m)
+		if err != nil {
+			return err
+		}
+		defer ns.Close()
+		name := m.Param(forwarder.ParamIfName)
+		if name == "" {
+			return nil
+		}
+		if err := forwarder.ValidateIfName(name); err != nil {
+			return &forwarder.Error{Code: forwarder.CodeInvalidArgument, Field: vwire.ParamsField(side) + forwarder.ParamIfName, Err: err}
+		}
+		h, err := netlink.NewHandleAt(ns)
+		if err != nil {
+			return fmt.Errorf("check: netlink handle: %w", err)
+		}
+		defer h.Close()
+		l, err := h.LinkByName(name)
+		if err != nil {
+			if vwire.IsNotFound(err) {
+				return nil
+			}
+			return fmt.Errorf("check: link %q: %w", name, err)
+		}
+		if l.Attrs().Alias == vwire.LinkAlias(d.opts.Name, id, side) {
+			return nil
+		}
+		return forwarder.Errorf(forwarder.CodeAlreadyExists, vwire.ParamsField(side)+forwarder.ParamIfName,
+			"interface %q already exists in network namespace %s", name, m.Param(forwarder.ParamNetNSURL))
+	case MechanismMemif:
+		return nil
+	}
+	f := vwire.ParamsField(side)
+	return forwarder.Errorf(forwarder.CodeInvalidArgument, strings.TrimSuffix(f, "parameters.")+"type",
+		"mechanism %q is not one of %v", m.Type, d.Mechanisms(side))
+}
+
+// Connect implements forwarder.Dataplane.
+func (d *Dataplane) Connect(ctx context.Context, c *forwarder.Conn) error {
+	unlock := d.locks.Lock(c.ID)
+	defer unlock()
+	vc, err := d.conns()
+	if err != nil {
+		return err
+	}
+	_, err = d.connect(ctx, vc, c, nil)
+	return err
+}
+
+// side is what connect learned or built for one side.
+type side struct {
+	kind    forwarder.SideKind
+	s       *forwarder.Side
+	end     *vwire.End // KERNEL by veth
+	vif     *vppIf
+	vifNew  bool
+	sock    *uint32
+	sockNew bool
+	peerMAC net.HardwareAddr // the MAC VPP sends to on this side (nil: memif IP)
+}
+
+func sideIndex(k forwarder.SideKind) int {
+	if k == forwarder.SideEndpoint {
+		return 1
+	}
+	return 0
+}
+
+// connect builds or refreshes c. found, when not nil, holds the tagged
+// interfaces a Reconcile dumped. changed reports whether anything had to
+// be created.
+func (d *Dataplane) connect(ctx context.Context, vc *Conn, c *forwarder.Conn, found map[string]vppIf) (changed bool, err error) {
+	log := d.log.With("conn_id", c.ID)
+	ipMode := c.Payload == forwarder.PayloadIP
+	d.mu.RLock()
+	st := d.live[c.ID]
+	d.mu.RUnlock()
+	if st == nil {
+		st = &connState{}
+	}
+	sides := []*side{{kind: forwarder.SideClient, s: &c.Client}, {kind: forwarder.SideEndpoint, s: &c.Endpoint}}
+	defer func() {
+		for _, s := range sides {
+			if s.end != nil {
+				s.end.Close()
+			}
+		}
+	}()
+	defer func() {
+		if err == nil {
+			return
+		}
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+		defer cancel()
+		var errs []error
+		for _, s := range sides {
+			if s.vifNew && s.vif != nil {
+				errs = append(errs, deleteIf(rctx, vc, *s.vif))
+			}
+			if s.sockNew && s.sock != nil {
+				errs = append(errs, delMemifSocket(rctx, vc, *s.sock))
+				_ = os.RemoveAll(d.memifDir(c.ID, s.kind))
+			}
+			if s.end != nil && s.end.Created && s.end.Host != nil {
+				if derr := d.host.LinkDel(s.end.Host); derr != nil && !vwire.IsNotFound(derr) {
+					errs = append(errs, derr)
+				}
+			}
+		}
+		if rerr := errors.Join(errs...); rerr != nil {
+			log.ErrorContext(rctx, "connect rollback incomplete", "error", rerr)
+		}
+	}()
+
+	for _, s := range sides {
+		i := sideIndex(s.kind)
+		s.vif, s.sock = st.ifs[i], st.sock[i]
+		tag := ifTag(d.opts.Name, c.ID, s.kind)
+		if s.vif == nil && found != nil {
+			if v, ok := found[tag]; ok {
+				s.vif = &v
+			}
+		}
+		switch s.s.Mechanism.Type {
+		case forwarder.MechanismKernel:
+			err = d.kernelSide(ctx, vc, c, s, tag, ipMode)
+		case MechanismMemif:
+			err = d.memifSide(ctx, vc, c, s, tag, ipMode)
+		default:
+			f := vwire.ParamsField(s.kind)
+			err = forwarder.Errorf(forwarder.CodeInvalidArgument, strings.TrimSuffix(f, "parameters.")+"type",
+				"mechanism %q is not one of %v", s.s.Mechanism.Type, d.Mechanisms(s.kind))
+		}
+		if err != nil {
+			return changed, err
+		}
+		changed = changed || s.vifNew || (s.end != nil && s.end.Created)
+	}
+	a, b := sides[0].vif.index, sides[1].vif.index
+	if ipMode {
+		if err := l2xcOff(ctx, vc, a); err != nil {
+			return changed, err
+		}
+		if err := l2xcOff(ctx, vc, b); err != nil {
+			return changed, err
+		}
+		if err := l3xcSide(ctx, vc, a, b, sides[1].peerMAC); err != nil {
+			return changed, err
+		}
+		if err := l3xcSide(ctx, vc, b, a, sides[0].peerMAC); err != nil {
+			return changed, err
+		}
+	} else {
+		if err := l3xcOff(ctx, vc, a); err != nil {
+			return changed, err
+		}
+		if err := l3xcOff(ctx, vc, b); err != nil {
+			return changed, err
+		}
+		if err := l2xc(ctx, vc, a, b); err != nil {
+			return changed, err
+		}
+	}
+	for _, s := range sides {
+		if c.MTU > 0 && s.end != nil {
+			if err := setMTU(ctx, vc, s.vif.index, c.MTU); err != nil {
+				return changed, err
+			}
+		}
+		if err := setUp(ctx, vc, s.vif.index); err != nil {
+			return changed, err
+		}
+	}
+	nst := &connState{conn: c.Clone()}
+	for _, s := range sides {
+		nst.ifs[sideIndex(s.kind)] = s.vif
+		nst.sock[sideIndex(s.kind)] = s.sock
+	}
+	d.mu.Lock()
+	d.live[c.ID] = nst
+	d.mu.Unlock()
+	return changed, nil
+}
+
+// kernelSide builds a KERNEL side: a veth pair whose host end VPP attaches
+// (af_packet, AF_XDP), or a tap VPP creates in the namespace.
+func (d *Dataplane) kernelSide(ctx context.Context, vc *Conn, c *forwarder.Conn, s *side, tag string, ipMode bool) error {
+	m := &s.s.Mechanism
+	ns, err := vwire.ResolveNetNS(s.kind, *m)
+	if err != nil {
+		return err
+	}
+	e := &vwire.End{Kind: s.kind, Side: s.s, NS: ns}
+	s.end = e
+	e.IfName = m.Param(forwarder.ParamIfName)
+	if e.IfName == "" {
+		e.IfName = vwire.DefaultIfName(d.opts.Name, c.ID, s.kind)
+		if m.Params == nil {
+			m.Params = map[string]string{}
+		}
+		m.Params[forwarder.ParamIfName] = e.IfName
+	}
+	if err := forwarder.ValidateIfName(e.IfName); err != nil {
+		return &forwarder.Error{Code: forwarder.CodeInvalidArgument, Field: vwire.ParamsField(s.kind) + forwarder.ParamIfName, Err: err}
+	}
+	e.HostName = vwire.HostIfName(d.opts.Name, c.ID, s.kind)
+	e.Alias = vwire.LinkAlias(d.opts.Name, c.ID, s.kind)
+	if e.NL, err = netlink.NewHandleAt(ns); err != nil {
+		return fmt.Errorf("connect %s: netlink handle: %w", s.kind, err)
+	}
+	if d.opts.KernelMode == ModeTap {
+		return d.tapSide(ctx, vc, c, s, tag, ipMode)
+	}
+	if err := e.EnsurePair(d.host, c.MTU); err != nil {
+		return err
+	}
+	if e.Created && s.vif != nil {
+		// A new pair: whatever VPP held for the old host end is stale.
+		if err := deleteIf(ctx, vc, *s.vif); err != nil {
+			return err
+		}
+		s.vif = nil
+	}
+	if _, err := e.ConfigurePeer(c.MTU, ipMode, true); err != nil {
+		return err
+	}
+	if err := e.ConfigureHost(d.host, c.MTU); err != nil {
+		return err
+	}
+	s.peerMAC = e.Peer.Attrs().HardwareAddr
+	// In IP mode the namespace end does not ARP: the kernel addresses
+	// every frame to the interface's own MAC, so VPP's interface takes
+	// that MAC to accept them.
+	var hw net.HardwareAddr
+	if ipMode {
+		hw = s.peerMAC
+	}
+	if s.vif == nil {
+		var v vppIf
+		if d.opts.KernelMode == ModeAFXDP {
+			v, err = createAFXDP(ctx, vc, e.HostName, "xdp-"+e.HostName, hw)
+		} else {
+			v, err = createAFPacket(ctx, vc, e.HostName, hw)
+		}
+		if err != nil {
+			return err
+		}
+		s.vif, s.vifNew = &v, true
+		if err := setTag(ctx, vc, v.index, tag); err != nil {
+			return err
+		}
+	} else if ipMode {
+		if err := setMAC(ctx, vc, s.vif.index, hw); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// tapSide builds a KERNEL side as a tap v2 interface that VPP creates
+// directly in the side's namespace.
+func (d *Dataplane) tapSide(ctx context.Context, vc *Conn, c *forwarder.Conn, s *side, tag string, ipMode bool) error {
+	e := s.end
+	if s.vif == nil {
+		l, err := e.NL.LinkByName(e.IfName)
+		if err == nil {
+			if l.Attrs().Alias != e.Alias {
+				return forwarder.Errorf(forwarder.CodeAlreadyExists, vwire.ParamsField(s.kind)+forwarder.ParamIfName,
+					"interface %q already exists in network namespace %s", e.IfName, s.s.Mechanism.Param(forwarder.ParamNetNSURL))
+			}
+			_ = e.NL.LinkDel(l)
+		}
+		// VPP opens the namespace by path; it runs as another process, so
+		// the path names this process's descriptor of it.
+		nsPath := fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(e.NS))
+		v, err := createTap(ctx, vc, nsPath, e.IfName, tag, c.MTU, nil)
+		if err != nil {
+			return err
+		}
+		s.vif, s.vifNew = &v, true
+		e.Created = true
+	}
+	var err error
+	if e.Peer, err = e.NL.LinkByName(e.IfName); err != nil {
+		return fmt.Errorf("connect %s: tap %s: %w", s.kind, e.IfName, err)
+	}
+	if _, err := e.ConfigurePeer(c.MTU, ipMode, true); err != nil {
+		return err
+	}
+	s.peerMAC = e.Peer.Attrs().HardwareAddr
+	if ipMode {
+		if err := setMAC(ctx, vc, s.vif.index, s.peerMAC); err != nil {
+			return err
+		}
+	}
+	e.Created = false // the tap is VPP's: deleting the VPP interface removes it
+	return nil
+}
+
+// memifDir is the per-connection directory of one side's memif socket.
+func (d *Dataplane) memifDir(id string, k forwarder.SideKind) string {
+	return filepath.Join(d.opts.MemifDir, d.opts.Name, vwire.ConnHash(d.opts.Name, id)[:16]+"-"+string(k)[:1])
+}
+
+// memifSide builds a MEMIF side: VPP is the master on a socket in a
+// per-connection directory, announced in the mechanism's socketfile.
+func (d *Dataplane) memifSide(ctx context.Context, vc *Conn, c *forwarder.Conn, s *side, tag string, ipMode bool) error {
+	dir := d.memifDir(c.ID, s.kind)
+	path := filepath.Join(dir, "memif.sock")
+	m := &s.s.Mechanism
+	if m.Params == nil {
+		m.Params = map[string]string{}
+	}
+	m.Params[ParamSocketFile] = path
+	if s.vif == nil {
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return fmt.Errorf("memif dir: %w", err)
+		}
+		id, err := addMemifSocket(ctx, vc, path)
+		if err != nil {
+			_ = os.RemoveAll(dir)
+			return err
+		}
+		s.sock, s.sockNew = &id, true
+		v, err := createMemif(ctx, vc, id, ipMode, nil)
+		if err != nil {
+			return err
+		}
+		s.vif, s.vifNew = &v, true
+		if err := setTag(ctx, vc, v.index, tag); err != nil {
+			return err
+		}
+	}
+	if !ipMode {
+		s.peerMAC = nil
+	}
+	return nil
+}
+
+// Disconnect implements forwarder.Dataplane.
+func (d *Dataplane) Disconnect(ctx context.Context, id string) error {
+	unlock := d.locks.Lock(id)
+	defer unlock()
+	vc, err := d.conns()
+	if err != nil {
+		return err
+	}
+	return d.remove(ctx, vc, id, nil)
+}
+
+// remove deletes every object of id: its VPP interfaces (from memory, or
+// from found, or a dump), memif sockets and directories, and veth pairs.
+func (d *Dataplane) remove(ctx context.Context, vc *Conn, id string, found map[string]vppIf) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+	defer cancel()
+	d.mu.Lock()
+	st := d.live[id]
+	delete(d.live, id)
+	d.mu.Unlock()
+	if found == nil && st == nil {
+		var err error
+		if found, err = dumpTagged(ctx, vc, tagPrefix(d.opts.Name)); err != nil {
+			return fmt.Errorf("disconnect %q: %w", id, err)
+		}
+	}
+	var errs []error
+	for _, k := range []forwarder.SideKind{forwarder.SideClient, forwarder.SideEndpoint} {
+		i := sideIndex(k)
+		var v *vppIf
+		if st != nil {
+			v = st.ifs[i]
+		} else if f, ok := found[ifTag(d.opts.Name, id, k)]; ok {
+			v = &f
+		}
+		if v != nil {
+			errs = append(errs, deleteIf(ctx, vc, *v))
+		}
+		if st != nil && st.sock[i] != nil {
+			errs = append(errs, delMemifSocket(ctx, vc, *st.sock[i]))
+		}
+		dir := d.memifDir(id, k)
+		if _, err := os.Stat(dir); err == nil {
+			if st == nil || st.sock[i] == nil {
+				errs = append(errs, d.delMemifSocketByPath(ctx, vc, filepath.Join(dir, "memif.sock")))
+			}
+			errs = append(errs, os.RemoveAll(dir))
+		}
+		l, err := d.host.LinkByName(vwire.HostIfName(d.opts.Name, id, k))
+		if err == nil && l.Attrs().Alias == vwire.LinkAlias(d.opts.Name, id, k) {
+			if err := d.host.LinkDel(l); err != nil && !vwire.IsNotFound(err) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("disconnect %q: %w", id, err)
+	}
+	return nil
+}

@@ -1,0 +1,112 @@
+package vppapi
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"go.fd.io/govpp/binapi/memclnt"
+)
+
+// SuperviseOptions configure Supervise.
+type SuperviseOptions struct {
+	// Process is the supervised local VPP; nil for an external VPP.
+	Process *Process
+	// Dial connects to VPP again after it restarted.
+	Dial func(ctx context.Context) (*Conn, error)
+	// Dataplane gets the new connection and replays its connections.
+	Dataplane *Dataplane
+	// Interval between liveness pings (default 1 s); three failures in a
+	// row count as VPP gone.
+	Interval time.Duration
+	// Logger receives lifecycle logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Supervise watches VPP until ctx ends. When the supervised VPP exits it
+// starts a new one; when an external VPP stops answering it waits for it
+// to come back. Either way it reconnects and has the dataplane replay
+// every live connection.
+func Supervise(ctx context.Context, opts SuperviseOptions) error {
+	if opts.Interval <= 0 {
+		opts.Interval = time.Second
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	for {
+		reason, err := waitLoss(ctx, opts)
+		if err != nil {
+			return err
+		}
+		log.WarnContext(ctx, "VPP lost; restarting and replaying connections", "reason", reason)
+		if old := opts.Dataplane.current(); old != nil {
+			old.Close()
+		}
+		opts.Dataplane.mu.Lock()
+		opts.Dataplane.conn = nil
+		opts.Dataplane.mu.Unlock()
+		var conn *Conn
+		for backoff := 100 * time.Millisecond; ; backoff = min(backoff*2, 5*time.Second) {
+			if opts.Process != nil {
+				select {
+				case <-opts.Process.Exited():
+					if err := opts.Process.Restart(ctx); err != nil {
+						log.ErrorContext(ctx, "VPP restart failed", "error", err)
+					}
+				default:
+				}
+			}
+			dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			conn, err = opts.Dial(dctx)
+			cancel()
+			if err == nil {
+				break
+			}
+			log.WarnContext(ctx, "VPP not reachable yet", "error", err)
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(backoff):
+			}
+		}
+		failed := opts.Dataplane.Rebind(ctx, conn)
+		log.InfoContext(ctx, "VPP back", "version", conn.Version(), "replay_failed", len(failed))
+	}
+}
+
+// waitLoss returns when the supervised VPP exits or VPP stops answering.
+func waitLoss(ctx context.Context, opts SuperviseOptions) (string, error) {
+	var exited <-chan struct{}
+	if opts.Process != nil {
+		exited = opts.Process.Exited()
+	}
+	t := time.NewTicker(opts.Interval)
+	defer t.Stop()
+	fails := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-exited:
+			return "process exited", nil
+		case <-t.C:
+			c := opts.Dataplane.current()
+			if c == nil {
+				return "not connected", nil
+			}
+			pctx, cancel := context.WithTimeout(ctx, opts.Interval)
+			err := c.Invoke(pctx, &memclnt.ControlPing{}, &memclnt.ControlPingReply{})
+			cancel()
+			if err == nil {
+				fails = 0
+				continue
+			}
+			if fails++; fails >= 3 {
+				return fmt.Sprintf("no answer to control ping: %v", err), nil
+			}
+		}
+	}
+}
