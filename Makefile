@@ -3,13 +3,14 @@ SHELL := /bin/bash
 GO ?= go
 BIN := $(CURDIR)/bin
 GOLANGCI_LINT_VERSION := v2.7.2
+ACTIONLINT_VERSION := v1.7.7
 # Privileged tests compare machine-wide BPF program and link sets before and
 # after, so test packages run one at a time.
 TEST_FLAGS ?= -race -count=1 -p 1
 
 .DEFAULT_GOAL := help
 .PHONY: help build test test-interop demo generate generate-check lint bench
-.PHONY: image validate
+.PHONY: image validate lint-workflows
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -38,9 +39,12 @@ generate: ## regenerate the eBPF objects with bpf2go (needs clang, llvm, libbpf-
 generate-check: generate ## fail if the committed eBPF objects differ from what `make generate` produces
 	@git diff --exit-code --stat -- ebpf/ || { echo "generated eBPF objects are stale: run make generate and commit"; exit 1; }
 
-lint: ## golangci-lint (pinned, run through go run; not in go.mod)
+lint: lint-workflows ## golangci-lint and actionlint (pinned, run through go run; not in go.mod)
 	$(GO) run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION) run ./...
 	cd test/interop && $(GO) run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION) run ./...
+
+lint-workflows: ## actionlint on .github/workflows (pinned; checks run: scripts with shellcheck when it is installed)
+	$(GO) run github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION) -no-color
 
 IMAGE ?= ghcr.io/nsmfwd/nsmfwd:dev
 VPP_VERSION ?=

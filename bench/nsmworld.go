@@ -86,6 +86,7 @@ func (w *nsmWorld) startForwarder(ctx context.Context) error {
 		"NSM_STATE_DIR=" + filepath.Join(w.dir, "state"),
 		"NSM_BPF_PIN_DIR=" + w.e.PinDir,
 		"NSM_LOG_LEVEL=WARN",
+		"NSM_INSECURE=true", // no SPIRE agent here; nsmfwd refuses to start without one or this
 	}, "nsenter", "--net="+NSPath(w.node), filepath.Join(w.e.Bin, "nsmfwd"))
 	if err != nil {
 		return err

@@ -5,7 +5,8 @@
 //
 // BENCH_QUICK=1 runs every row briefly (CI). The subcommands ping and pong
 // are the UDP latency generator the harness runs inside namespaces;
-// render -in results.json -out DIR re-renders the tables and plots.
+// render -in results.json -out DIR re-renders the tables and plots;
+// compare OLD NEW compares two runs (exit status 3 on a regression).
 package main
 
 import (
@@ -19,7 +20,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -34,6 +34,9 @@ func main() {
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "nsmbench:", err)
+		if re := (*bench.RegressionError)(nil); errors.As(err, &re) {
+			os.Exit(re.ExitCode())
+		}
 		os.Exit(1)
 	}
 }
@@ -52,6 +55,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return bench.Pong(ctx, *addr)
 		case "render":
 			return render(args[1:], stderr)
+		case "compare":
+			return compare(args[1:], stdout, stderr)
 		}
 	}
 	return harness(ctx, args, stderr)
@@ -140,14 +145,18 @@ func harness(ctx context.Context, args []string, stderr io.Writer) error {
 			return fmt.Errorf("%s not built (make build): %w", b, err)
 		}
 	}
+	// Pin the traffic generators to the first two CPUs this process may
+	// run on (both to the same one on a single-core machine).
+	cpus, err := bench.AllowedCPUs()
+	if err != nil {
+		return err
+	}
 	e, err := bench.NewEnv(log, binDir, self)
 	if err != nil {
 		return err
 	}
-	// Pin the traffic generators: client on CPU 0, server on CPU 1, or
-	// both on CPU 0 on a single-core machine.
-	e.ClientCPU, e.ServerCPU = 0, min(1, runtime.NumCPU()-1)
-	log.InfoContext(ctx, "nsmbench", "quick", o.Quick, "cpus", runtime.NumCPU(), "client_cpu", e.ClientCPU, "server_cpu", e.ServerCPU, "tmp", e.Dir)
+	e.ClientCPU, e.ServerCPU = bench.PlaceGenerators(cpus)
+	log.InfoContext(ctx, "nsmbench", "quick", o.Quick, "cpus", len(cpus), "allowed_cpus", fmt.Sprint(cpus), "client_cpu", e.ClientCPU, "server_cpu", e.ServerCPU, "tmp", e.Dir)
 
 	r := func() *bench.Results {
 		defer func() {
