@@ -19,9 +19,12 @@ type Config struct {
 	LogLevel         slog.Level        `env:"NSM_LOG_LEVEL" default:"INFO" desc:"TRACE, DEBUG, INFO, WARN or ERROR"`
 	LogFormat        string            `env:"NSM_LOG_FORMAT" default:"text" desc:"text or json"`
 	StateDir         string            `env:"NSM_STATE_DIR" default:"/var/lib/nsmfwd" desc:"directory of the persisted connection table (one atomically written file per connection)"`
-	Dataplane        string            `env:"NSM_DATAPLANE" default:"kernel" desc:"dataplane building the vWires: kernel (veth + eBPF cross-connect)"`
+	Dataplane        string            `env:"NSM_DATAPLANE" default:"kernel" desc:"dataplane building the vWires: kernel (veth + eBPF cross-connect), vpp (VPP over its binary API), sriov (VFs) or kernel+sriov (VFs where asked, veth otherwise)"`
 	BPFPinDir        string            `env:"NSM_BPF_PIN_DIR" default:"/sys/fs/bpf/nsmfwd" desc:"bpffs directory where per-connection BPF links and maps are pinned (kernel dataplane)"`
 	TCAttach         string            `env:"NSM_TC_ATTACH" default:"auto" desc:"how the eBPF cross-connect attaches: auto (= tc), tc (clsact filter) or tcx (Linux 6.6+; ~10 ms per attach/detach under RTNL, see docs/architecture.md)"`
+	Insecure         bool              `env:"NSM_INSECURE" default:"false" desc:"development only: plaintext gRPC, unsigned path tokens, callers identified by their path segment name; without it nsmfwd needs SPIFFE_ENDPOINT_SOCKET and refuses to start otherwise"`
+	SpiffeSocket     string            `env:"SPIFFE_ENDPOINT_SOCKET" default:"" desc:"SPIFFE Workload API (e.g. unix:///run/spire/sockets/agent.sock): mTLS with X.509 SVIDs for the server and its clients, path tokens signed with the SVID"`
+	SpiffeTimeout    time.Duration     `env:"NSM_SPIFFE_TIMEOUT" default:"1m" desc:"how long to wait at start for the first X.509 SVID from SPIFFE_ENDPOINT_SOCKET"`
 	Prometheus       bool              `env:"PROMETHEUS" default:"false" desc:"serve Prometheus metrics (docs/metrics.md) on NSM_PROMETHEUS_LISTEN_ON"`
 	PrometheusListen string            `env:"NSM_PROMETHEUS_LISTEN_ON" default:":8081" desc:"host:port of the /metrics endpoint when PROMETHEUS=true"`
 }

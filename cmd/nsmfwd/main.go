@@ -45,6 +45,12 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w)
 	envconfig.Usage(w, &Config{})
 	fmt.Fprintln(w)
+	fmt.Fprintln(w, "With NSM_DATAPLANE=vpp:")
+	envconfig.Usage(w, &VPPConfig{})
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "With NSM_DATAPLANE=sriov or kernel+sriov:")
+	envconfig.Usage(w, &SRIOVConfig{})
+	fmt.Fprintln(w)
 	fmt.Fprintln(w, "SIGTERM or SIGINT stops the forwarder gracefully; established vWires stay in place and are")
 	fmt.Fprintln(w, "adopted by the next start (connection table in NSM_STATE_DIR).")
 }
@@ -94,12 +100,23 @@ func newDataplane(ctx context.Context, cfg Config, log *slog.Logger) (forwarder.
 			Attach: cfg.TCAttach,
 			Logger: log.With("dataplane", "kernel"),
 		})
+	case "vpp":
+		return newVPPDataplane(ctx, cfg, log)
+	case "sriov":
+		return newSRIOVDataplane(ctx, cfg, log)
+	case "kernel+sriov":
+		return newCompositeDataplane(ctx, cfg, log)
 	default:
-		return nil, fmt.Errorf("config: NSM_DATAPLANE=%q: want kernel", cfg.Dataplane)
+		return nil, fmt.Errorf("config: NSM_DATAPLANE=%q: want kernel, vpp, sriov or kernel+sriov", cfg.Dataplane)
 	}
 }
 
 func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
+	id, idCloser, err := newIdentity(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer idCloser.Close()
 	store, err := forwarder.OpenStore(cfg.StateDir)
 	if err != nil {
 		return err
@@ -110,19 +127,19 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	defer dp.Close()
 
-	next, err := controlplane.Dial(ctx, cfg.ConnectTo, cfg.DialTimeout)
+	next, err := controlplane.Dial(ctx, cfg.ConnectTo, cfg.DialTimeout, id.DialOptions()...)
 	if err != nil {
 		// The forwarder serves anyway: Requests get Unavailable until the
 		// next hop (usually NSMgr, which may start later) is reachable.
 		log.WarnContext(ctx, "next hop not reachable yet; serving anyway", "connect_to", cfg.ConnectTo, "error", err)
-		if next, err = controlplane.NewClient(cfg.ConnectTo); err != nil {
+		if next, err = controlplane.NewClient(cfg.ConnectTo, id.DialOptions()...); err != nil {
 			return fmt.Errorf("config: NSM_CONNECT_TO: %w", err)
 		}
 	}
 	defer next.Close()
 	// NSMgr is the registry proxy; the endpoint side goes to the endpoint
 	// found there (or to NSM_CONNECT_TO itself when it has no registry).
-	nextHop := controlplane.NewNextHop(registry.NewNetworkServiceEndpointRegistryClient(next), networkservice.NewNetworkServiceClient(next))
+	nextHop := controlplane.NewNextHop(registry.NewNetworkServiceEndpointRegistryClient(next), networkservice.NewNetworkServiceClient(next), id.DialOptions()...)
 	defer nextHop.CloseConns()
 
 	hs := health.NewServer()
@@ -130,10 +147,14 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if cfg.Prometheus {
 		reg = prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		if err := registerDataplaneMetrics(reg, dp); err != nil {
+			return err
+		}
 	}
 	srv, err := controlplane.New(controlplane.Options{
 		Name:             cfg.Name,
 		Dataplane:        dp,
+		Registry:         mechanismRegistry(dp),
 		NextHop:          nextHop,
 		Store:            store,
 		MaxTokenLifetime: cfg.MaxTokenLifetime,
@@ -141,6 +162,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 		Logger:           log,
 		Health:           hs,
 		Metrics:          registerer(reg),
+		Identity:         id,
 	})
 	if err != nil {
 		return err
@@ -155,7 +177,9 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	defer cleanup()
-	gs := grpc.NewServer()
+	// mTLS (or plaintext when insecure), with grpcfd so unix socket
+	// callers can pass namespace descriptors.
+	gs := grpc.NewServer(id.ServerOptions()...)
 	srv.Register(gs)
 
 	errc := make(chan error, 2)
@@ -170,7 +194,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 		log.InfoContext(ctx, "serving metrics", "listen_on", cfg.PrometheusListen)
 	}
 	log.InfoContext(ctx, "nsmfwd serving", "listen_on", cfg.ListenOn, "connect_to", cfg.ConnectTo,
-		"dataplane", dp.Name(), "state_dir", cfg.StateDir)
+		"dataplane", dp.Name(), "state_dir", cfg.StateDir, "identity", id.Self(), "insecure", id.Insecure())
 	// Registered only once it serves, so NSMgr can reach it at once.
 	registration := controlplane.Register(controlplane.RegistrationOptions{
 		Client:         registry.NewNetworkServiceEndpointRegistryClient(next),
@@ -180,6 +204,9 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 		URL:            cfg.ListenOn,
 		Lifetime:       cfg.MaxTokenLifetime,
 		Logger:         log,
+		// As NSM's forwarders: our socket goes to NSMgr by descriptor
+		// when both ends are unix sockets.
+		SocketByFD: isUnix(cfg.ListenOn) && isUnix(cfg.ConnectTo),
 	})
 
 	select {
@@ -226,6 +253,11 @@ func listen(rawURL string) (net.Listener, func(), error) {
 		}
 	}
 	return lis, cleanup, nil
+}
+
+func isUnix(rawURL string) bool {
+	network, _, err := controlplane.ParseURL(rawURL)
+	return err == nil && network == "unix"
 }
 
 // registerer avoids a typed-nil interface when metrics are off.

@@ -2,9 +2,15 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"log/slog"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/nsmfwd/nsmfwd/controlplane/identity/identitytest"
 )
 
 func TestHelpListsEveryVariable(t *testing.T) {
@@ -41,4 +47,41 @@ func TestListenReplacesStaleSocket(t *testing.T) {
 	}
 	_ = lis.Close()
 	cleanup()
+}
+
+func TestSecurityRequired(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	if _, _, err := newIdentity(t.Context(), Config{Name: "f"}, log); !errors.Is(err, errNoSecurity) {
+		t.Fatalf("neither SPIFFE nor insecure: %v, want errNoSecurity", err)
+	}
+	id, closer, err := newIdentity(t.Context(), Config{Name: "f", Insecure: true}, log)
+	if err != nil || !id.Insecure() {
+		t.Fatalf("NSM_INSECURE=true: %v, %v", id, err)
+	}
+	_ = closer.Close()
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if _, _, err := newIdentity(ctx, Config{Name: "f", SpiffeSocket: "unix:///nonexistent/agent.sock", SpiffeTimeout: time.Second}, log); err == nil {
+		t.Fatal("unreachable Workload API accepted")
+	}
+}
+
+func TestSecuritySPIFFE(t *testing.T) {
+	wapi, err := identitytest.NewWorkloadAPI(t.TempDir(), "nsmfwd.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(wapi.Stop)
+	sock, err := wapi.Socket("fwd", "spiffe://nsmfwd.test/fwd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, closer, err := newIdentity(t.Context(), Config{Name: "f", SpiffeSocket: sock, SpiffeTimeout: 10 * time.Second, MaxTokenLifetime: time.Minute}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closer.Close()
+	if id.Insecure() || id.Self() != "spiffe://nsmfwd.test/fwd" {
+		t.Fatalf("identity %q (insecure %v), want spiffe://nsmfwd.test/fwd over mTLS", id.Self(), id.Insecure())
+	}
 }

@@ -58,8 +58,10 @@ NSM_NAME=demo-nse NSM_LISTEN_ON=unix://$NSE_SOCK NSM_SERVICE_NAMES=icmp-responde
 	ip netns exec "$EP" "$BIN/nse" 2>"$DIR/nse.log" &
 pids+=($!)
 wait_for "$NSE_SOCK"
+# NSM_INSECURE: the demo has no SPIRE agent (no SPIFFE_ENDPOINT_SOCKET); see
+# docs/operations.md for the secure setup.
 NSM_NAME=$NAME NSM_LISTEN_ON=unix://$FWD_SOCK NSM_CONNECT_TO=unix://$NSE_SOCK \
-	NSM_STATE_DIR=$DIR/state "$BIN/nsmfwd" 2>"$DIR/nsmfwd.log" &
+	NSM_INSECURE=true NSM_STATE_DIR=$DIR/state "$BIN/nsmfwd" 2>"$DIR/nsmfwd.log" &
 pids+=($!)
 wait_for "$FWD_SOCK"
 echo "nse pid ${pids[0]}, nsmfwd pid ${pids[1]}"

@@ -269,7 +269,7 @@ func checkOverlay(overlay, kustomization string, objs []object, help map[string]
 		}
 	}
 	if u := env["NSM_LISTEN_ON"]; u != "" && !strings.HasPrefix(u, "unix://") {
-		fail("NSM_LISTEN_ON %s: serve on a unix socket in NSM's socket directory; the API is insecure until SPIFFE lands", u)
+		fail("NSM_LISTEN_ON %s: serve on a unix socket in NSM's socket directory, as NSM's forwarders do (NSMgr reaches it there, and callers can pass namespace descriptors)", u)
 	}
 
 	// Probes: exec nsmctl against NSM_LISTEN_ON.

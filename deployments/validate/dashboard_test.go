@@ -26,7 +26,7 @@ var metrics = map[string]struct {
 	"nsmfwd_dataplane_ready":               {false, []string{"dataplane"}},
 	"nsmfwd_connections_reaped_total":      {false, []string{"reason"}},
 	"nsmfwd_vpp_api_call_duration_seconds": {true, []string{"message"}},
-	"nsmfwd_sriov_vfs":                     {false, []string{"pool", "state"}},
+	"nsmfwd_sriov_vfs":                     {false, []string{"pool", "use", "state"}},
 }
 
 // targetLabels are added by Prometheus' scrape, not by nsmfwd.
