@@ -124,7 +124,11 @@ func (f *fakeVPP) handle(req mock.MessageDTO) ([]byte, uint16, bool) {
 				f.failOn[req.MsgName] = [2]int32{fo[0] - 1, fo[1]}
 			}
 		}
-		f.fill(reply, rv)
+		creates := strings.Contains(req.MsgName, "create")
+		if sf, ok := msg.(*memif.MemifSocketFilenameAddDelV2); ok {
+			creates = sf.IsAdd
+		}
+		f.fill(reply, rv, creates)
 	}
 	id, _ := f.VppAdapter.GetMsgID(reply.GetMessageName(), reply.GetCrcString())
 	data, err := codec.DefaultCodec.EncodeMsg(reply, id)
@@ -137,12 +141,12 @@ func (f *fakeVPP) handle(req mock.MessageDTO) ([]byte, uint16, bool) {
 
 // fill sets a reply's retval and, for a successful create, a fresh
 // sw_if_index (or memif socket id).
-func (f *fakeVPP) fill(r api.Message, rv int32) {
+func (f *fakeVPP) fill(r api.Message, rv int32, creates bool) {
 	v := reflect.ValueOf(r).Elem()
 	if fv := v.FieldByName("Retval"); fv.IsValid() {
 		fv.SetInt(int64(rv))
 	}
-	if rv != 0 {
+	if rv != 0 || !creates {
 		return
 	}
 	if fv := v.FieldByName("SwIfIndex"); fv.IsValid() {
@@ -339,13 +343,13 @@ func TestTraceRollback(t *testing.T) {
 	}
 	requireTrace(t, f.take(),
 		"memif_socket_filename_add_del_v2 add=true id=-1 file=memif.sock",
-		"memif_create_v2 role=MEMIF_ROLE_API_MASTER mode=MEMIF_MODE_API_ETHERNET socket=107",
-		"sw_interface_tag_add_del if=8 add=true tag=nsmfwd/fwd/conn-1/c",
+		"memif_create_v2 role=MEMIF_ROLE_API_MASTER mode=MEMIF_MODE_API_ETHERNET socket=105",
+		"sw_interface_tag_add_del if=6 add=true tag=nsmfwd/fwd/conn-1/c",
 		"memif_socket_filename_add_del_v2 add=true id=-1 file=memif.sock",
-		"memif_create_v2 role=MEMIF_ROLE_API_MASTER mode=MEMIF_MODE_API_ETHERNET socket=109",
-		"memif_delete if=8",
+		"memif_create_v2 role=MEMIF_ROLE_API_MASTER mode=MEMIF_MODE_API_ETHERNET socket=107",
+		"memif_delete if=6",
+		"memif_socket_filename_add_del_v2 add=false id=105 file=",
 		"memif_socket_filename_add_del_v2 add=false id=107 file=",
-		"memif_socket_filename_add_del_v2 add=false id=109 file=",
 	)
 }
 
@@ -411,5 +415,47 @@ func TestObserveSeesEveryCall(t *testing.T) {
 	defer mu.Unlock()
 	if seen["show_version"] != 1 || seen["sw_interface_set_flags error"] != 1 {
 		t.Fatalf("observed %v", seen)
+	}
+}
+
+// After an endpoint died, only its side goes; the client's memif stays
+// without a cross-connect, and a later Connect rebuilds the endpoint side.
+func TestTraceDisconnectSide(t *testing.T) {
+	d, f, dir := memifWorld(t)
+	if err := d.Connect(context.Background(), memifConn(forwarder.PayloadEthernet)); err != nil {
+		t.Fatal(err)
+	}
+	f.take()
+	if err := d.DisconnectSide(context.Background(), "conn-1", forwarder.SideEndpoint); err != nil {
+		t.Fatal(err)
+	}
+	requireTrace(t, f.take(),
+		"sw_interface_set_l2_xconnect rx=2 tx=0 enable=false",
+		"l3xc_del if=2 ip6=false", "l3xc_del if=2 ip6=true",
+		"memif_delete if=4",
+		"memif_socket_filename_add_del_v2 add=false id=103 file=",
+	)
+	if _, err := os.Stat(d.memifDir("conn-1", forwarder.SideClient)); err != nil {
+		t.Fatalf("client memif dir gone with the endpoint side: %v", err)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(dir, "fwd")); len(ents) != 1 {
+		t.Fatalf("memif dirs after DisconnectSide: %v, want the client's only", ents)
+	}
+	if err := d.Connect(context.Background(), memifConn(forwarder.PayloadEthernet)); err != nil {
+		t.Fatal(err)
+	}
+	requireTrace(t, f.take(),
+		"memif_socket_filename_add_del_v2 add=true id=-1 file=memif.sock",
+		"memif_create_v2 role=MEMIF_ROLE_API_MASTER mode=MEMIF_MODE_API_ETHERNET socket=105",
+		"sw_interface_tag_add_del if=6 add=true tag=nsmfwd/fwd/conn-1/e",
+		"l3xc_del if=2 ip6=false", "l3xc_del if=2 ip6=true",
+		"l3xc_del if=6 ip6=false", "l3xc_del if=6 ip6=true",
+		"sw_interface_set_l2_xconnect rx=2 tx=6 enable=true",
+		"sw_interface_set_l2_xconnect rx=6 tx=2 enable=true",
+		"sw_interface_set_flags if=2 flags=1",
+		"sw_interface_set_flags if=6 flags=1",
+	)
+	if ok, _, err := d.Alive(context.Background(), memifConn(forwarder.PayloadEthernet), forwarder.SideClient); err != nil || !ok {
+		t.Fatalf("memif side Alive = %v, %v; memif sides end at Close or expiry", ok, err)
 	}
 }
