@@ -381,13 +381,15 @@ func TestConnectKeep(t *testing.T) {
 	f, addr := startFake(t)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan int, 1)
-	var out, errb bytes.Buffer
+	var out, errb syncBuffer
 	go func() {
 		done <- run(ctx, []string{"connect", "--addr", addr, "--service", "icmp", "--netns", "/x", "--id", "k", "--keep", "--lifetime", "3s"},
 			&out, &errb, getenv(nil))
 	}()
+	// Interrupt only once the connection is printed: an interrupt during
+	// the first Request cancels it (and fails), as it should.
 	deadline := time.Now().Add(5 * time.Second)
-	for f.nse.Leases() == 0 && time.Now().Before(deadline) {
+	for (f.nse.Leases() == 0 || out.Len() == 0) && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	cancel()
@@ -397,4 +399,28 @@ func TestConnectKeep(t *testing.T) {
 	if f.nse.Leases() != 0 {
 		t.Fatal("connect --keep did not close on interrupt")
 	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Len()
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
