@@ -5,6 +5,7 @@ import (
 	"go.fd.io/govpp/binapi/af_packet"
 	"go.fd.io/govpp/binapi/af_xdp"
 	interfaces "go.fd.io/govpp/binapi/interface"
+	"go.fd.io/govpp/binapi/ip"
 	"go.fd.io/govpp/binapi/ip_neighbor"
 	"go.fd.io/govpp/binapi/l2"
 	"go.fd.io/govpp/binapi/l3xc"
@@ -45,5 +46,8 @@ func Messages() []api.Message {
 		&l3xc.L3xcUpdate{}, &l3xc.L3xcUpdateReply{},
 		&l3xc.L3xcDel{}, &l3xc.L3xcDelReply{},
 		&ip_neighbor.IPNeighborAddDel{}, &ip_neighbor.IPNeighborAddDelReply{},
+		&interfaces.SwInterfaceAddDelAddress{}, &interfaces.SwInterfaceAddDelAddressReply{},
+		&ip.IPAddressDump{}, &ip.IPAddressDetails{},
+		&ip.IPRouteAddDel{}, &ip.IPRouteAddDelReply{},
 	}
 }

@@ -81,7 +81,7 @@ func (d *Dataplane) Reconcile(ctx context.Context, wanted []*forwarder.Conn) (fo
 	wg.Wait()
 	var errs []error
 	for tag, v := range found {
-		if wantTags[tag] {
+		if wantTags[tag] || tag == uplinkTag(d.opts.Name) {
 			continue
 		}
 		if err := deleteIf(ctx, vc, v); err != nil {

@@ -15,6 +15,9 @@ type SuperviseOptions struct {
 	Process *Process
 	// Dial connects to VPP again after it restarted.
 	Dial func(ctx context.Context) (*Conn, error)
+	// Setup, when set, prepares a VPP that came back before the
+	// connections are replayed (the uplink); its error is logged.
+	Setup func(ctx context.Context, c *Conn) error
 	// Dataplane gets the new connection and replays its connections.
 	Dataplane *Dataplane
 	// Interval between liveness pings (default 1 s); three failures in a
@@ -70,6 +73,11 @@ func Supervise(ctx context.Context, opts SuperviseOptions) error {
 			case <-ctx.Done():
 				return ctx.Err()
 			case <-time.After(backoff):
+			}
+		}
+		if opts.Setup != nil {
+			if err := opts.Setup(ctx, conn); err != nil {
+				log.ErrorContext(ctx, "VPP setup after restart failed", "error", err)
 			}
 		}
 		failed := opts.Dataplane.Rebind(ctx, conn)

@@ -29,6 +29,8 @@ type VPPConfig struct {
 	MemifDir    string        `env:"NSM_VPP_MEMIF_DIR" default:"/run/nsmfwd/memif" desc:"VPP dataplane: directory of the per-connection memif socket directories"`
 	CallTimeout time.Duration `env:"NSM_VPP_CALL_TIMEOUT" default:"10s" desc:"VPP dataplane: timeout of one binary-API call"`
 	MainHeap    string        `env:"NSM_VPP_MAIN_HEAP" default:"256M" desc:"VPP dataplane: main-heap size of the local VPP"`
+	Init        string        `env:"NSM_VPP_INIT" default:"NONE" desc:"VPP dataplane: attach the host uplink to VPP: AF_PACKET, AF_XDP or NONE (its MAC, MTU, addresses and routes are copied)"`
+	Uplink      string        `env:"NSM_VPP_UPLINK_INTERFACE" default:"" desc:"VPP dataplane: uplink for NSM_VPP_INIT (default: the interface of the default route)"`
 }
 
 // vppDataplane is the VPP dataplane with what serves it: the supervised
@@ -112,6 +114,14 @@ func newVPPDataplane(ctx context.Context, cfg Config, log *slog.Logger) (forward
 	if err != nil {
 		return nil, err
 	}
+	setup := func(ctx context.Context, c *vppapi.Conn) error {
+		_, err := vppapi.AttachUplink(ctx, c, vppapi.UplinkOptions{Name: cfg.Name, Mode: vc.Init, Interface: vc.Uplink, Logger: log})
+		return err
+	}
+	if err := setup(ctx, conn); err != nil {
+		conn.Close()
+		return nil, err
+	}
 	dp, err := vppapi.New(ctx, vppapi.Options{
 		Name: cfg.Name, Conn: conn, KernelMode: vc.KernelMode, MemifDir: vc.MemifDir,
 		Stats: vppapi.NewStats(statsSock), Logger: log,
@@ -126,7 +136,7 @@ func newVPPDataplane(ctx context.Context, cfg Config, log *slog.Logger) (forward
 	v.wg.Add(1)
 	go func() {
 		defer v.wg.Done()
-		err := vppapi.Supervise(sctx, vppapi.SuperviseOptions{Process: v.proc, Dial: dial, Dataplane: dp, Logger: log})
+		err := vppapi.Supervise(sctx, vppapi.SuperviseOptions{Process: v.proc, Dial: dial, Setup: setup, Dataplane: dp, Logger: log})
 		if err != nil && !errors.Is(err, context.Canceled) {
 			log.Error("VPP supervisor stopped", "error", err)
 		}

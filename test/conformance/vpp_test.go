@@ -128,6 +128,19 @@ func vppObjects(t testing.TB, conn *vppapi.Conn) []string {
 // attached by af_packet.
 func TestVPPAFPacket(t *testing.T) { Run(t, vppHarness(t, vppapi.ModeAFPacket)) }
 
+// TestVPPAFXDP runs the suite with KERNEL sides attached by AF_XDP (VPP's
+// af_xdp plugin loads its XDP program on the veth host end).
+func TestVPPAFXDP(t *testing.T) { Run(t, vppHarness(t, vppapi.ModeAFXDP)) }
+
+// TestVPPTap runs the suite with KERNEL sides as tap v2 interfaces that
+// VPP creates in the workload namespaces.
+func TestVPPTap(t *testing.T) {
+	if _, err := os.Stat("/dev/vhost-net"); err != nil {
+		t.Skip("VPP's tap v2 needs /dev/vhost-net (the vhost_net module), which this machine does not have: " + err.Error())
+	}
+	Run(t, vppHarness(t, vppapi.ModeTap))
+}
+
 func tail(b []byte, n int) string {
 	if len(b) > n {
 		b = b[len(b)-n:]

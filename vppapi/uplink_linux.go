@@ -1,0 +1,267 @@
+package vppapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"go.fd.io/govpp/api"
+	"go.fd.io/govpp/binapi/fib_types"
+	interfaces "go.fd.io/govpp/binapi/interface"
+	"go.fd.io/govpp/binapi/interface_types"
+	"go.fd.io/govpp/binapi/ip"
+	"go.fd.io/govpp/binapi/ip_types"
+	"golang.org/x/sys/unix"
+
+	"github.com/nsmfwd/nsmfwd/forwarder"
+	inetns "github.com/nsmfwd/nsmfwd/internal/netns"
+)
+
+// Uplink modes (NSM_VPP_INIT, as cmd-forwarder-vpp names them).
+const (
+	UplinkAFPacket = "AF_PACKET"
+	UplinkAFXDP    = "AF_XDP"
+	UplinkNone     = "NONE"
+)
+
+// UplinkOptions configure AttachUplink.
+type UplinkOptions struct {
+	// Name is the forwarder's name; the uplink's VPP interface is tagged
+	// with it so that Reconcile keeps it and a restart adopts it.
+	Name string
+	// Mode is UplinkAFPacket, UplinkAFXDP or UplinkNone ("" = none).
+	Mode string
+	// Interface is the host interface; "" picks the one with the default
+	// route (IPv4, else IPv6).
+	Interface string
+	// HostNetNS is the namespace of the interface ("" = the process's).
+	HostNetNS string
+	// Logger receives what was copied; nil discards.
+	Logger *slog.Logger
+}
+
+// Uplink is the host interface attached to VPP.
+type Uplink struct {
+	HostIf string
+	Index  interface_types.InterfaceIndex
+	MTU    int
+	Addrs  []netip.Prefix
+	Routes []string
+}
+
+// uplinkTag is the tag of the uplink's VPP interface.
+func uplinkTag(name string) string { return tagPrefix(name) + "uplink" }
+
+// AttachUplink attaches the host's uplink interface to VPP by af_packet or
+// AF_XDP with the host's MAC, and copies its MTU, global addresses and the
+// routes through it into VPP, as the remote mechanisms need VPP to reach
+// other nodes. The host keeps its own configuration. It is idempotent: an
+// uplink already attached (a restart) is adopted and brought up to date.
+func AttachUplink(ctx context.Context, vc *Conn, opts UplinkOptions) (*Uplink, error) {
+	switch opts.Mode {
+	case "", UplinkNone:
+		return nil, nil
+	case UplinkAFPacket, UplinkAFXDP:
+	default:
+		return nil, fmt.Errorf("vpp uplink: mode %q is not %s, %s or %s", opts.Mode, UplinkAFPacket, UplinkAFXDP, UplinkNone)
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	h, err := hostHandle(opts.HostNetNS)
+	if err != nil {
+		return nil, fmt.Errorf("vpp uplink: %w", err)
+	}
+	defer h.Close()
+	link, err := uplinkLink(h, opts.Interface)
+	if err != nil {
+		return nil, fmt.Errorf("vpp uplink: %w", err)
+	}
+	a := link.Attrs()
+	up := &Uplink{HostIf: a.Name, MTU: a.MTU}
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		addrs, err := h.AddrList(link, fam)
+		if err != nil {
+			return nil, fmt.Errorf("vpp uplink: addresses of %s: %w", a.Name, err)
+		}
+		for _, ad := range addrs {
+			if ad.Scope != unix.RT_SCOPE_UNIVERSE {
+				continue
+			}
+			if p, ok := netipPrefix(ad.IPNet); ok {
+				up.Addrs = append(up.Addrs, p)
+			}
+		}
+	}
+	tag := uplinkTag(opts.Name)
+	found, err := dumpTagged(ctx, vc, tag)
+	if err != nil {
+		return nil, fmt.Errorf("vpp uplink: %w", err)
+	}
+	v, adopted := found[tag]
+	if !adopted {
+		if opts.Mode == UplinkAFXDP {
+			v, err = createAFXDP(ctx, vc, a.Name, "xdp-"+a.Name, a.HardwareAddr)
+		} else {
+			v, err = createAFPacket(ctx, vc, a.Name, a.HardwareAddr)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("vpp uplink: %w", err)
+		}
+		if err := setTag(ctx, vc, v.index, tag); err != nil {
+			_ = deleteIf(context.WithoutCancel(ctx), vc, v)
+			return nil, fmt.Errorf("vpp uplink: %w", err)
+		}
+	}
+	up.Index = v.index
+	if err := uplinkConfigure(ctx, vc, h, link, up); err != nil {
+		return nil, fmt.Errorf("vpp uplink %s: %w", a.Name, err)
+	}
+	log.InfoContext(ctx, "uplink attached to VPP", "host_if", a.Name, "mode", opts.Mode, "adopted", adopted,
+		"mtu", up.MTU, "addrs", up.Addrs, "routes", up.Routes)
+	return up, nil
+}
+
+func hostHandle(nsPath string) (*netlink.Handle, error) {
+	if nsPath == "" {
+		return netlink.NewHandle()
+	}
+	ns, err := inetns.Resolve(forwarder.NetNSRef{Path: nsPath})
+	if err != nil {
+		return nil, err
+	}
+	defer func(ns netns.NsHandle) { _ = ns.Close() }(ns)
+	return netlink.NewHandleAt(ns)
+}
+
+// uplinkLink is the named link, or the one the default route leaves by.
+func uplinkLink(h *netlink.Handle, name string) (netlink.Link, error) {
+	if name != "" {
+		return h.LinkByName(name)
+	}
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		routes, err := h.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range routes {
+			if (r.Dst == nil || isDefault(r.Dst)) && r.LinkIndex > 0 {
+				return h.LinkByIndex(r.LinkIndex)
+			}
+		}
+	}
+	return nil, errors.New("no default route: name the uplink interface")
+}
+
+func isDefault(n *net.IPNet) bool {
+	ones, _ := n.Mask.Size()
+	return ones == 0
+}
+
+func netipPrefix(n *net.IPNet) (netip.Prefix, bool) {
+	if n == nil {
+		return netip.Prefix{}, false
+	}
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), ones), true
+}
+
+// uplinkConfigure copies MTU, addresses and routes to VPP's interface and
+// brings it up.
+func uplinkConfigure(ctx context.Context, vc *Conn, h *netlink.Handle, link netlink.Link, up *Uplink) error {
+	if err := setMTU(ctx, vc, up.Index, uint32(up.MTU)); err != nil {
+		return err
+	}
+	have := map[netip.Prefix]bool{}
+	for _, v6 := range []bool{false, true} {
+		ds, err := Dump[*ip.IPAddressDetails](ctx, vc, &ip.IPAddressDump{SwIfIndex: up.Index, IsIPv6: v6})
+		if err != nil {
+			return err
+		}
+		for _, d := range ds {
+			have[fromVPPPrefix(ip_types.Prefix(d.Prefix))] = true
+		}
+	}
+	for _, p := range up.Addrs {
+		if have[p] {
+			continue
+		}
+		req := &interfaces.SwInterfaceAddDelAddress{SwIfIndex: up.Index, IsAdd: true, Prefix: ip_types.AddressWithPrefix(vppPrefix(p))}
+		if err := vc.Invoke(ctx, req, &interfaces.SwInterfaceAddDelAddressReply{}); err != nil && !errors.Is(err, api.ADDRESS_FOUND_FOR_INTERFACE) {
+			return fmt.Errorf("address %s: %w", p, err)
+		}
+	}
+	if err := setUp(ctx, vc, up.Index); err != nil {
+		return err
+	}
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		routes, err := h.RouteListFiltered(fam, &netlink.Route{LinkIndex: link.Attrs().Index, Table: unix.RT_TABLE_MAIN},
+			netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return fmt.Errorf("routes: %w", err)
+		}
+		for _, r := range routes {
+			// Connected routes come with the addresses; link-local and
+			// multicast stay the host's.
+			if r.Protocol == unix.RTPROT_KERNEL || r.Type != unix.RTN_UNICAST {
+				continue
+			}
+			dst := netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+			if fam == netlink.FAMILY_V6 {
+				dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+			}
+			if r.Dst != nil {
+				var ok bool
+				if dst, ok = netipPrefix(r.Dst); !ok {
+					continue
+				}
+			}
+			if dst.Addr().Is6() && dst.Addr().IsLinkLocalUnicast() {
+				continue
+			}
+			path := fib_types.FibPath{SwIfIndex: uint32(up.Index), Weight: 1, Proto: fib_types.FIB_API_PATH_NH_PROTO_IP4}
+			if fam == netlink.FAMILY_V6 {
+				path.Proto = fib_types.FIB_API_PATH_NH_PROTO_IP6
+			}
+			if gw, ok := netip.AddrFromSlice(r.Gw); ok {
+				path.Nh.Address = addr(gw.Unmap()).Un
+			}
+			req := &ip.IPRouteAddDel{IsAdd: true, Route: ip.IPRoute{Prefix: vppPrefix(dst), Paths: []fib_types.FibPath{path}}}
+			if err := vc.Invoke(ctx, req, &ip.IPRouteAddDelReply{}); err != nil {
+				return fmt.Errorf("route %s: %w", dst, err)
+			}
+			desc := dst.String()
+			if r.Gw != nil {
+				desc += " via " + r.Gw.String()
+			}
+			up.Routes = append(up.Routes, desc)
+		}
+	}
+	slices.Sort(up.Routes)
+	return nil
+}
+
+func vppPrefix(p netip.Prefix) ip_types.Prefix {
+	return ip_types.Prefix{Address: addr(p.Addr()), Len: uint8(p.Bits())}
+}
+
+func fromVPPPrefix(p ip_types.Prefix) netip.Prefix {
+	var a netip.Addr
+	if p.Address.Af == ip_types.ADDRESS_IP6 {
+		a = netip.AddrFrom16(p.Address.Un.GetIP6())
+	} else {
+		a = netip.AddrFrom4(p.Address.Un.GetIP4())
+	}
+	return netip.PrefixFrom(a, int(p.Len))
+}

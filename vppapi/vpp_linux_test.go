@@ -1,0 +1,367 @@
+package vppapi
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"go.fd.io/govpp/binapi/vlib"
+
+	"github.com/nsmfwd/nsmfwd/forwarder"
+	"github.com/nsmfwd/nsmfwd/internal/netns/nstest"
+)
+
+// These tests drive a real VPP (VPP_BIN, or vpp on PATH; VPP 25.10, the
+// release govpp v0.13.0's binapi is for). test/conformance runs the whole
+// scenario suite on it; here are what the suite cannot express: a memif
+// peer that is itself a VPP, and VPP crashing under the forwarder.
+
+func vppBinary(t testing.TB) string {
+	t.Helper()
+	nstest.RequireRoot(t)
+	if b := os.Getenv("VPP_BIN"); b != "" {
+		if _, err := os.Stat(b); err != nil {
+			t.Fatalf("VPP_BIN=%s: %v", b, err)
+		}
+		return b
+	}
+	if b, err := exec.LookPath("vpp"); err == nil {
+		return b
+	}
+	t.Skip("no VPP binary: set VPP_BIN or put vpp on PATH to run the real-VPP tests (VPP 25.10)")
+	return ""
+}
+
+// startVPP starts a VPP in the namespace at nsPath, stopped at cleanup.
+func startVPP(t *testing.T, bin, nsPath string) *Process {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "vpp") // short: unix socket paths are limited
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	p, err := StartProcess(ctx, ProcessOptions{Bin: bin, RuntimeDir: dir, NetNS: nsPath, MainCore: -1})
+	if err != nil {
+		t.Fatalf("start VPP: %v", err)
+	}
+	t.Cleanup(func() {
+		p.Stop()
+		if t.Failed() {
+			out, _ := os.ReadFile(filepath.Join(dir, "vpp.out"))
+			if len(out) > 3000 {
+				out = out[len(out)-3000:]
+			}
+			t.Logf("VPP output (%s):\n%s", dir, out)
+		}
+		_ = os.RemoveAll(dir)
+	})
+	return p
+}
+
+func dialVPP(t *testing.T, p *Process) *Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := Dial(ctx, ConnOptions{Socket: p.APISocket()})
+	if err != nil {
+		t.Fatalf("dial VPP: %v", err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// cli runs a debug CLI command through the binary API.
+func cli(t *testing.T, c *Conn, cmd string) string {
+	t.Helper()
+	var rep vlib.CliInbandReply
+	if err := c.Invoke(context.Background(), &vlib.CliInband{Cmd: cmd}, &rep); err != nil {
+		t.Fatalf("vpp cli %q: %v", cmd, err)
+	}
+	return rep.Reply
+}
+
+var received = regexp.MustCompile(`(\d+) sent, (\d+) received`)
+
+// vppPing pings to from the VPP at c until 3 replies come back in one
+// round (the first round may lose one to ARP), for up to 20 s.
+func vppPing(t *testing.T, c *Conn, to string) {
+	t.Helper()
+	var out string
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); {
+		out = cli(t, c, "ping "+to+" repeat 5 interval 0.1")
+		if m := received.FindStringSubmatch(out); m != nil {
+			if n, _ := strconv.Atoi(m[2]); n >= 3 {
+				return
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("VPP ping %s: %s", to, out)
+}
+
+func nsPing(t *testing.T, ns, to string) {
+	t.Helper()
+	var out string
+	var err error
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); {
+		if out, err = nstest.Exec(t, ns, "ping", "-c", "2", "-i", "0.2", "-W", "1", to); err == nil {
+			return
+		}
+	}
+	t.Fatalf("ping %s from %s: %v\n%s", to, ns, err, out)
+}
+
+func memifTestConn(id string, payload forwarder.Payload, epPath string) *forwarder.Conn {
+	return &forwarder.Conn{ID: id, Payload: payload, MTU: 1400,
+		Client: forwarder.Side{Mechanism: forwarder.Mechanism{Type: MechanismMemif},
+			IP: forwarder.IPConfig{Addrs: []netip.Prefix{netip.MustParsePrefix("10.70.0.1/24")}}},
+		Endpoint: forwarder.Side{
+			Mechanism: forwarder.Mechanism{Type: forwarder.MechanismKernel, Params: map[string]string{
+				forwarder.ParamNetNSURL: "file://" + epPath, forwarder.ParamIfName: "nsm0"}},
+			IP: forwarder.IPConfig{Addrs: []netip.Prefix{netip.MustParsePrefix("10.70.0.2/24")}},
+		},
+	}
+}
+
+// A client that is itself a VPP (a CNF) attaches to the MEMIF side as
+// slave on the socket the forwarder announced, and pings an endpoint
+// namespace through the forwarder's VPP, in both payload modes.
+func TestMemifPeerVPP(t *testing.T) {
+	bin := vppBinary(t)
+	_, nodePath := nstest.New(t)
+	_, cnfPath := nstest.New(t)
+	fwdVPP := dialVPP(t, startVPP(t, bin, nodePath))
+	cnf := dialVPP(t, startVPP(t, bin, cnfPath))
+	memifDir, err := os.MkdirTemp("", "memif")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(memifDir) })
+	d, err := New(context.Background(), Options{Name: "memif-test", Conn: fwdVPP, HostNetNS: nodePath, MemifDir: memifDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Close() })
+
+	for i, payload := range []forwarder.Payload{forwarder.PayloadEthernet, forwarder.PayloadIP} {
+		t.Run(string(payload), func(t *testing.T) {
+			epName, epPath := nstest.New(t)
+			c := memifTestConn("memif-"+string(payload), payload, epPath)
+			if err := d.Connect(context.Background(), c); err != nil {
+				t.Fatal(err)
+			}
+			sock := c.Client.Mechanism.Param(ParamSocketFile)
+			if _, err := os.Stat(filepath.Dir(sock)); err != nil {
+				t.Fatalf("memif socket dir: %v", err)
+			}
+			// The CNF side: memif slave on the announced socket.
+			id := strconv.Itoa(i + 1)
+			mode := ""
+			if payload == forwarder.PayloadIP {
+				mode = " mode ip"
+			}
+			ifName := "memif" + id + "/0"
+			cli(t, cnf, "create memif socket id "+id+" filename "+sock)
+			cli(t, cnf, "create interface memif id 0 socket-id "+id+" slave"+mode)
+			cli(t, cnf, "set interface state "+ifName+" up")
+			cli(t, cnf, "set interface ip address "+ifName+" 10.70.0.1/24")
+			vppPing(t, cnf, "10.70.0.2")
+			nsPing(t, epName, "10.70.0.1")
+
+			cli(t, cnf, "delete interface memif "+ifName)
+			cli(t, cnf, "delete memif socket id "+id)
+			if err := d.Disconnect(context.Background(), c.ID); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Stat(filepath.Dir(sock)); !os.IsNotExist(err) {
+				t.Fatalf("memif socket dir left after Disconnect: %v", err)
+			}
+			if left := taggedIfs(t, fwdVPP, "memif-test"); len(left) != 0 {
+				t.Fatalf("VPP interfaces left after Disconnect: %v", left)
+			}
+			if links := nstest.Links(t, epPath); len(links) != 1 {
+				t.Fatalf("endpoint namespace links after Disconnect: %v", links)
+			}
+		})
+	}
+}
+
+func taggedIfs(t *testing.T, c *Conn, name string) []string {
+	t.Helper()
+	found, err := dumpTagged(context.Background(), c, tagPrefix(name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for tag := range found {
+		out = append(out, tag)
+	}
+	return out
+}
+
+// SIGKILL of the supervised VPP: the supervisor starts a new one and
+// replays the live connection, and traffic flows again over the same
+// namespace interfaces.
+func TestCrashReplay(t *testing.T) {
+	bin := vppBinary(t)
+	_, nodePath := nstest.New(t)
+	cName, cPath := nstest.New(t)
+	eName, ePath := nstest.New(t)
+	p := startVPP(t, bin, nodePath)
+	dial := func(ctx context.Context) (*Conn, error) { return Dial(ctx, ConnOptions{Socket: p.APISocket()}) }
+	vc := dialVPP(t, p)
+	d, err := New(context.Background(), Options{Name: "crash-test", Conn: vc, HostNetNS: nodePath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Supervise(ctx, SuperviseOptions{Process: p, Dial: dial, Dataplane: d, Interval: 200 * time.Millisecond})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		if c := d.Conn(); c != nil && c != vc {
+			c.Close()
+		}
+	})
+
+	c := &forwarder.Conn{ID: "crash-1", Payload: forwarder.PayloadEthernet, MTU: 1400,
+		Client: forwarder.Side{Mechanism: forwarder.Mechanism{Type: forwarder.MechanismKernel, Params: map[string]string{
+			forwarder.ParamNetNSURL: "file://" + cPath, forwarder.ParamIfName: "nsm0"}},
+			IP: forwarder.IPConfig{Addrs: []netip.Prefix{netip.MustParsePrefix("10.71.0.1/24")}}},
+		Endpoint: forwarder.Side{Mechanism: forwarder.Mechanism{Type: forwarder.MechanismKernel, Params: map[string]string{
+			forwarder.ParamNetNSURL: "file://" + ePath, forwarder.ParamIfName: "nsm0"}},
+			IP: forwarder.IPConfig{Addrs: []netip.Prefix{netip.MustParsePrefix("10.71.0.2/24")}}},
+	}
+	if err := d.Connect(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	nsPing(t, cName, "10.71.0.2")
+	clientIf := nstest.Links(t, cPath)
+
+	pid := p.Pid()
+	p.Kill()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if np := p.Pid(); np != pid && np > 0 {
+			if vc2 := d.Conn(); vc2 != nil && len(taggedIfs(t, vc2, "crash-test")) == 2 {
+				break
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if p.Pid() == pid {
+		t.Fatal("VPP was not restarted after SIGKILL")
+	}
+	nsPing(t, cName, "10.71.0.2")
+	nsPing(t, eName, "10.71.0.1")
+	if got := nstest.Links(t, cPath); strings.Join(got, ",") != strings.Join(clientIf, ",") {
+		t.Fatalf("client interfaces changed across the VPP crash: %v -> %v", clientIf, got)
+	}
+	if err := d.Disconnect(context.Background(), c.ID); err != nil {
+		t.Fatal(err)
+	}
+	if left := taggedIfs(t, d.Conn(), "crash-test"); len(left) != 0 {
+		t.Fatalf("VPP interfaces left: %v", left)
+	}
+	if links := nstest.Links(t, nodePath); len(links) != 1 {
+		t.Fatalf("node namespace links left: %v", links)
+	}
+}
+
+// The uplink is attached with the host's MAC, MTU, addresses and routes;
+// VPP reaches the next hop through it; a second attach (a restart) adopts
+// it, and Reconcile keeps it.
+func TestUplink(t *testing.T) {
+	bin := vppBinary(t)
+	for _, mode := range []string{UplinkAFPacket, UplinkAFXDP} {
+		t.Run(mode, func(t *testing.T) {
+			nodeName, nodePath := nstest.New(t)
+			farName, _ := nstest.New(t)
+			for _, args := range [][]string{
+				{"ip", "link", "add", "up0", "mtu", "1450", "type", "veth", "peer", "name", "far0", "netns", farName},
+				{"ip", "addr", "add", "192.168.50.1/24", "dev", "up0"},
+				{"ip", "-6", "addr", "add", "fd50::1/64", "dev", "up0", "nodad"},
+				{"ip", "link", "set", "up0", "up"},
+				{"ip", "route", "add", "default", "via", "192.168.50.2"},
+				{"ip", "route", "add", "10.200.0.0/16", "via", "192.168.50.2"},
+			} {
+				if out, err := nstest.Exec(t, nodeName, args...); err != nil {
+					t.Fatalf("%v: %v %s", args, err, out)
+				}
+			}
+			for _, args := range [][]string{
+				{"ip", "link", "set", "far0", "mtu", "1450"},
+				{"ip", "addr", "add", "192.168.50.2/24", "dev", "far0"},
+				{"ip", "link", "set", "far0", "up"},
+			} {
+				if out, err := nstest.Exec(t, farName, args...); err != nil {
+					t.Fatalf("%v: %v %s", args, err, out)
+				}
+			}
+			vc := dialVPP(t, startVPP(t, bin, nodePath))
+			opts := UplinkOptions{Name: "uplink-test", Mode: mode, HostNetNS: nodePath}
+			up, err := AttachUplink(context.Background(), vc, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if up.HostIf != "up0" || up.MTU != 1450 {
+				t.Fatalf("uplink %+v: want up0 (the default route's) with MTU 1450", up)
+			}
+			for _, want := range []string{"192.168.50.1/24", "fd50::1/64"} {
+				if !slicesContainsString(up.Addrs, want) {
+					t.Errorf("addresses %v lack %s", up.Addrs, want)
+				}
+			}
+			for _, want := range []string{"0.0.0.0/0 via 192.168.50.2", "10.200.0.0/16 via 192.168.50.2"} {
+				if !slices.Contains(up.Routes, want) {
+					t.Errorf("routes %v lack %s", up.Routes, want)
+				}
+			}
+			if fib := cli(t, vc, "show ip fib 10.200.0.0/16"); !strings.Contains(fib, "192.168.50.2") {
+				t.Fatalf("VPP FIB lacks the copied route:\n%s", fib)
+			}
+			vppPing(t, vc, "192.168.50.2")
+
+			again, err := AttachUplink(context.Background(), vc, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if again.Index != up.Index {
+				t.Fatalf("second attach made a new interface (%d, was %d) instead of adopting", again.Index, up.Index)
+			}
+			d, err := New(context.Background(), Options{Name: "uplink-test", Conn: vc, HostNetNS: nodePath})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			if _, err := d.Reconcile(context.Background(), nil); err != nil {
+				t.Fatal(err)
+			}
+			if tags := taggedIfs(t, vc, "uplink-test"); len(tags) != 1 {
+				t.Fatalf("after Reconcile: %v, want the uplink kept", tags)
+			}
+		})
+	}
+}
+
+func slicesContainsString(ps []netip.Prefix, s string) bool {
+	for _, p := range ps {
+		if p.String() == s {
+			return true
+		}
+	}
+	return false
+}
