@@ -75,11 +75,11 @@ func newNSMWorld(ctx context.Context, e *Env, tag string) (*nsmWorld, error) {
 }
 
 // startForwarder starts nsmfwd in the node namespace with an empty state
-// and connects to it.
-func (w *nsmWorld) startForwarder(ctx context.Context) error {
+// and connects to it; extra adds to its environment (the dataplane).
+func (w *nsmWorld) startForwarder(ctx context.Context, extra ...string) error {
 	sock := filepath.Join(w.dir, "fwd.sock")
 	_ = os.Remove(sock)
-	p, err := w.e.Start(w.tag+"-nsmfwd", []string{
+	p, err := w.e.Start(w.tag+"-nsmfwd", append([]string{
 		"NSM_NAME=" + w.name,
 		"NSM_LISTEN_ON=unix://" + sock,
 		"NSM_CONNECT_TO=unix://" + filepath.Join(w.dir, "nse.sock"),
@@ -87,12 +87,13 @@ func (w *nsmWorld) startForwarder(ctx context.Context) error {
 		"NSM_BPF_PIN_DIR=" + w.e.PinDir,
 		"NSM_LOG_LEVEL=WARN",
 		"NSM_INSECURE=true", // no SPIRE agent here; nsmfwd refuses to start without one or this
-	}, "nsenter", "--net="+NSPath(w.node), filepath.Join(w.e.Bin, "nsmfwd"))
+	}, extra...), "nsenter", "--net="+NSPath(w.node), filepath.Join(w.e.Bin, "nsmfwd"))
 	if err != nil {
 		return err
 	}
 	w.fwd = p
-	if err := waitFile(ctx, sock, p, 20*time.Second); err != nil {
+	// A local VPP starts before nsmfwd serves.
+	if err := waitFile(ctx, sock, p, 60*time.Second); err != nil {
 		return err
 	}
 	cc, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -176,11 +177,26 @@ func (kernelEBPF) Title() string       { return "nsmfwd kernel: veth + eBPF cros
 func (kernelEBPF) Unavailable() string { return "" }
 
 func (kernelEBPF) Setup(ctx context.Context, e *Env) (Path, func() error, error) {
-	w, err := newNSMWorld(ctx, e, "ebpf")
+	return setupForwarderRow(ctx, e, "ebpf", nil, nil)
+}
+
+// setupForwarderRow starts nsmfwd (with extra environment) between a
+// client and an endpoint namespace and requests one connection; stop,
+// when set, runs after the forwarder stopped (a VPP it left running).
+func setupForwarderRow(ctx context.Context, e *Env, tag string, extra func(w *nsmWorld) []string, stop func(w *nsmWorld)) (Path, func() error, error) {
+	w, err := newNSMWorld(ctx, e, tag)
 	if err != nil {
 		return Path{}, nil, err
 	}
-	if err := w.startForwarder(ctx); err != nil {
+	var env []string
+	if extra != nil {
+		env = extra(w)
+	}
+	stopDP := func() error { return nil }
+	if stop != nil {
+		stopDP = e.Once(tag+" dataplane", func() error { stop(w); return nil })
+	}
+	if err := w.startForwarder(ctx, env...); err != nil {
 		return Path{}, nil, err
 	}
 	conn, _, err := w.request(ctx, 0)
@@ -198,7 +214,8 @@ func (kernelEBPF) Setup(ctx context.Context, e *Env) (Path, func() error, error)
 	if !addr.IsValid() {
 		return Path{}, nil, fmt.Errorf("connection has no IPv4 endpoint address: %v", dsts)
 	}
-	teardown := e.Once("ebpf world", func() error {
+	teardown := e.Once(tag+" world", func() error {
+		defer func() { _ = stopDP() }()
 		defer w.stopForwarder()
 		_, err := w.close(context.Background(), conn)
 		return err
