@@ -11,12 +11,13 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
 	"testing"
+	"time"
 
 	"go.fd.io/govpp/adapter"
 	"go.fd.io/govpp/adapter/mock"
 	"go.fd.io/govpp/api"
+	"go.fd.io/govpp/binapi/af_packet"
 	interfaces "go.fd.io/govpp/binapi/interface"
 	"go.fd.io/govpp/binapi/interface_types"
 	"go.fd.io/govpp/binapi/ip_neighbor"
@@ -24,7 +25,6 @@ import (
 	"go.fd.io/govpp/binapi/l3xc"
 	"go.fd.io/govpp/binapi/memclnt"
 	"go.fd.io/govpp/binapi/memif"
-	"go.fd.io/govpp/binapi/af_packet"
 	"go.fd.io/govpp/binapi/vpe"
 	"go.fd.io/govpp/codec"
 

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 
-
 	"github.com/nsmfwd/nsmfwd/ebpf/xconnect"
 	"github.com/nsmfwd/nsmfwd/forwarder"
 	"github.com/nsmfwd/nsmfwd/internal/vwire"
