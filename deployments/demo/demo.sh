@@ -67,7 +67,7 @@ vppctl() { [ -n "${VPPCTL:-}" ] && "$VPPCTL" -s "$DIR/vpp/cli.sock" "$@"; }
 vpp_ifs() {
 	[ "$DATAPLANE" = vpp ] || { echo 0; return; }
 	if [ -z "${VPPCTL:-}" ]; then echo 0; return; fi
-	vppctl show interface | awk 'NR > 1 && $1 != "local0" && $2 ~ /^[0-9]+$/' | wc -l
+	(vppctl show interface || true) | awk 'NR > 1 && $1 != "local0" && $2 ~ /^[0-9]+$/' | wc -l
 }
 
 bold "before"
@@ -140,7 +140,7 @@ progs_after=$(bpf_progs)
 left_links=$(nsmfwd_links)
 client_links=$(ip -n "$CLIENT" -o link show | grep -vc ': lo:' || true)
 ep_links=$(ip -n "$EP" -o link show | grep -vc ': lo:' || true)
-pins=$(find /sys/fs/bpf/nsmfwd/"$NAME" -mindepth 1 2>/dev/null | wc -l)
+pins=$( (find /sys/fs/bpf/nsmfwd/"$NAME" -mindepth 1 2>/dev/null || true) | wc -l)
 echo "BPF programs loaded machine-wide: $progs_after (before: $progs_before)"
 echo "links owned by this forwarder:    $left_links"
 echo "links in $CLIENT besides lo:  $client_links"

@@ -35,7 +35,12 @@ func runDeath(t *testing.T, h Harness) {
 	t.Run("ClientNetNSDeleted", func(t *testing.T) { testClientNetNSDeleted(t, h) })
 	t.Run("ClientHolderKilled", func(t *testing.T) { testClientHolderKilled(t, h) })
 	t.Run("EndpointNetNSDeleted", func(t *testing.T) { testEndpointNetNSDeleted(t, h) })
-	t.Run("ManyClientsDie", func(t *testing.T) { testManyClientsDie(t, h, 200) })
+	t.Run("ManyClientsDie", func(t *testing.T) {
+		if h.SkipConcurrent != "" {
+			t.Skip(h.SkipConcurrent)
+		}
+		testManyClientsDie(t, h, 200)
+	})
 }
 
 // waitReaped waits until the forwarder no longer holds conn and the

@@ -53,6 +53,9 @@ type Harness struct {
 	// (their expectations follow veth ends, which die with a namespace
 	// where a VF's netdev comes back).
 	SkipDeath string
+	// SkipConcurrent, when set, skips the scenarios that build many
+	// connections at once (Scale, ManyClientsDie) with this reason.
+	SkipConcurrent string
 }
 
 // env is one scenario's world: a node namespace holding the forwarder's

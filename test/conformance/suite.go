@@ -39,7 +39,12 @@ func Run(t *testing.T, h Harness) {
 	t.Run("Restart", func(t *testing.T) { testRestart(t, h) })
 	t.Run("Death", func(t *testing.T) { runDeath(t, h) })
 	if h.ScaleConnections > 0 {
-		t.Run("Scale", func(t *testing.T) { testScale(t, h, h.ScaleConnections) })
+		t.Run("Scale", func(t *testing.T) {
+			if h.SkipConcurrent != "" {
+				t.Skip(h.SkipConcurrent)
+			}
+			testScale(t, h, h.ScaleConnections)
+		})
 	}
 }
 
