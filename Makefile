@@ -26,7 +26,7 @@ test: ## run every test (main module, then test/interop); as root this includes 
 test-interop: ## (root) nsmfwd as the forwarder of NSM sdk's own registry, NSMgr, NSE and NSC (own module, test/interop)
 	cd test/interop && $(GO) test $(TEST_FLAGS) ./...
 
-demo: build ## (root) connect a client to an endpoint over the eBPF cross-connect, ping, close, show nothing is left
+demo: build ## (root) connect a client to an endpoint (kernel/eBPF, or VPP when VPP_BIN or vpp is present), ping, close, show nothing is left
 	@bash deployments/demo/demo.sh $(BIN)
 
 bench: build ## (root) benchmark the dataplanes and the control plane into bench/results (BENCH_QUICK=1: brief, for CI)
