@@ -1,6 +1,9 @@
 package forwarder
 
-import "context"
+import (
+	"context"
+	"sync"
+)
 
 // SideKind names one end of a vWire.
 type SideKind string
@@ -63,4 +66,37 @@ type ReconcileResult struct {
 	// Failed connections could not be adopted or rebuilt (their namespace
 	// is gone, say); their objects are removed and the caller should drop them.
 	Failed map[string]error
+}
+
+// AdoptEach runs adopt for every wanted connection, workers at a time,
+// and records each outcome in res: Failed when adopt fails, Rebuilt when
+// it had to create something, Adopted otherwise. Dataplanes' Reconcile
+// uses it for the wanted half of their work.
+func AdoptEach(res *ReconcileResult, wanted []*Conn, workers int, adopt func(c *Conn) (changed bool, err error)) {
+	if res.Failed == nil {
+		res.Failed = map[string]error{}
+	}
+	var (
+		mu  sync.Mutex
+		wg  sync.WaitGroup
+		sem = make(chan struct{}, max(workers, 1))
+	)
+	for _, c := range wanted {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			changed, err := adopt(c)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err != nil:
+				res.Failed[c.ID] = err
+			case changed:
+				res.Rebuilt = append(res.Rebuilt, c.ID)
+			default:
+				res.Adopted = append(res.Adopted, c.ID)
+			}
+		})
+	}
+	wg.Wait()
 }

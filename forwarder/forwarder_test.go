@@ -6,8 +6,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 )
@@ -161,5 +164,39 @@ func TestStore(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, ".tmp-123")); !os.IsNotExist(err) {
 		t.Fatal("temporary leftover not removed")
+	}
+}
+
+func TestAdoptEach(t *testing.T) {
+	var wanted []*Conn
+	for _, id := range []string{"a", "b", "c", "d"} {
+		wanted = append(wanted, &Conn{ID: id})
+	}
+	var running, most atomic.Int32
+	res := ReconcileResult{}
+	AdoptEach(&res, wanted, 2, func(c *Conn) (bool, error) {
+		n := running.Add(1)
+		defer running.Add(-1)
+		for {
+			m := most.Load()
+			if n <= m || most.CompareAndSwap(m, n) {
+				break
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+		switch c.ID {
+		case "a":
+			return false, nil
+		case "b":
+			return true, nil
+		default:
+			return false, errors.New("gone")
+		}
+	})
+	if !slices.Equal(res.Adopted, []string{"a"}) || !slices.Equal(res.Rebuilt, []string{"b"}) || len(res.Failed) != 2 || res.Failed["c"] == nil || res.Failed["d"] == nil {
+		t.Fatalf("result %+v", res)
+	}
+	if m := most.Load(); m > 2 {
+		t.Fatalf("%d ran at once, want at most 2 workers", m)
 	}
 }

@@ -127,20 +127,8 @@ func New(_ context.Context, opts Options) (*Dataplane, error) {
 	}
 	d := &Dataplane{opts: opts, log: log.With("dataplane", "sriov"), sys: Sysfs{Root: opts.SysfsRoot}}
 	var err error
-	if opts.HostNetNS == "" {
-		d.hostNS, err = netns.GetFromPath("/proc/self/ns/net")
-		if err == nil {
-			d.host, err = netlink.NewHandle()
-		}
-	} else {
-		d.hostNS, err = inetns.Resolve(forwarder.NetNSRef{Path: opts.HostNetNS})
-		if err == nil {
-			d.host, err = netlink.NewHandleAt(d.hostNS)
-		}
-	}
-	if err != nil {
-		_ = d.Close()
-		return nil, fmt.Errorf("sriov dataplane: host namespace %q: %w", opts.HostNetNS, err)
+	if d.hostNS, d.host, _, err = vwire.OpenHost(opts.HostNetNS); err != nil {
+		return nil, fmt.Errorf("sriov dataplane: %w", err)
 	}
 	d.pci, d.pf, d.cg = opts.PCIDriver, opts.PFLink, opts.Cgroups
 	if d.pci == nil {

@@ -18,7 +18,6 @@ import (
 
 	"github.com/nsmfwd/nsmfwd/forwarder"
 	"github.com/nsmfwd/nsmfwd/internal/keyed"
-	inetns "github.com/nsmfwd/nsmfwd/internal/netns"
 	"github.com/nsmfwd/nsmfwd/internal/vwire"
 )
 
@@ -110,20 +109,8 @@ func New(_ context.Context, opts Options) (*Dataplane, error) {
 	}
 	d := &Dataplane{opts: opts, log: log.With("dataplane", "vpp"), conn: opts.Conn, live: map[string]*connState{}}
 	var err error
-	if opts.HostNetNS == "" {
-		d.hostNS, err = netns.GetFromPath("/proc/self/ns/net")
-		if err == nil {
-			d.host, err = netlink.NewHandle()
-		}
-	} else {
-		d.hostNS, err = inetns.Resolve(forwarder.NetNSRef{Path: opts.HostNetNS})
-		if err == nil {
-			d.host, err = netlink.NewHandleAt(d.hostNS)
-		}
-	}
-	if err != nil {
-		_ = d.Close()
-		return nil, fmt.Errorf("vpp dataplane: host namespace %q: %w", opts.HostNetNS, err)
+	if d.hostNS, d.host, _, err = vwire.OpenHost(opts.HostNetNS); err != nil {
+		return nil, fmt.Errorf("vpp dataplane: %w", err)
 	}
 	return d, nil
 }

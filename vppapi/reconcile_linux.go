@@ -46,39 +46,22 @@ func (d *Dataplane) Reconcile(ctx context.Context, wanted []*forwarder.Conn) (fo
 	}
 	want := map[string]bool{}
 	wantTags := map[string]bool{}
-	var (
-		mu  sync.Mutex
-		wg  sync.WaitGroup
-		sem = make(chan struct{}, reconcileWorkers)
-	)
 	for _, c := range wanted {
 		want[c.ID] = true
 		wantTags[ifTag(d.opts.Name, c.ID, forwarder.SideClient)] = true
 		wantTags[ifTag(d.opts.Name, c.ID, forwarder.SideEndpoint)] = true
-		wg.Go(func() {
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			unlock := d.locks.Lock(c.ID)
-			defer unlock()
-			changed, err := d.connect(ctx, vc, c, found)
-			if err != nil {
-				if rerr := d.remove(ctx, vc, c.ID, found); rerr != nil {
-					err = errors.Join(err, rerr)
-				}
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			switch {
-			case err != nil:
-				res.Failed[c.ID] = err
-			case changed:
-				res.Rebuilt = append(res.Rebuilt, c.ID)
-			default:
-				res.Adopted = append(res.Adopted, c.ID)
-			}
-		})
 	}
-	wg.Wait()
+	forwarder.AdoptEach(&res, wanted, reconcileWorkers, func(c *forwarder.Conn) (bool, error) {
+		unlock := d.locks.Lock(c.ID)
+		defer unlock()
+		changed, err := d.connect(ctx, vc, c, found)
+		if err != nil {
+			if rerr := d.remove(ctx, vc, c.ID, found); rerr != nil {
+				err = errors.Join(err, rerr)
+			}
+		}
+		return changed, err
+	})
 	var errs []error
 	for tag, v := range found {
 		if wantTags[tag] || tag == uplinkTag(d.opts.Name) {

@@ -10,7 +10,6 @@ import (
 	"slices"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"go.fd.io/govpp/api"
 	"go.fd.io/govpp/binapi/fib_types"
 	interfaces "go.fd.io/govpp/binapi/interface"
@@ -19,8 +18,7 @@ import (
 	"go.fd.io/govpp/binapi/ip_types"
 	"golang.org/x/sys/unix"
 
-	"github.com/nsmfwd/nsmfwd/forwarder"
-	inetns "github.com/nsmfwd/nsmfwd/internal/netns"
+	"github.com/nsmfwd/nsmfwd/internal/vwire"
 )
 
 // Uplink modes (NSM_VPP_INIT, as cmd-forwarder-vpp names them).
@@ -75,11 +73,11 @@ func AttachUplink(ctx context.Context, vc *Conn, opts UplinkOptions) (*Uplink, e
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	h, err := hostHandle(opts.HostNetNS)
+	ns, h, _, err := vwire.OpenHost(opts.HostNetNS)
 	if err != nil {
 		return nil, fmt.Errorf("vpp uplink: %w", err)
 	}
-	defer h.Close()
+	defer func() { h.Close(); _ = ns.Close() }()
 	link, err := uplinkLink(h, opts.Interface)
 	if err != nil {
 		return nil, fmt.Errorf("vpp uplink: %w", err)
@@ -127,18 +125,6 @@ func AttachUplink(ctx context.Context, vc *Conn, opts UplinkOptions) (*Uplink, e
 	log.InfoContext(ctx, "uplink attached to VPP", "host_if", a.Name, "mode", opts.Mode, "adopted", adopted,
 		"mtu", up.MTU, "addrs", up.Addrs, "routes", up.Routes)
 	return up, nil
-}
-
-func hostHandle(nsPath string) (*netlink.Handle, error) {
-	if nsPath == "" {
-		return netlink.NewHandle()
-	}
-	ns, err := inetns.Resolve(forwarder.NetNSRef{Path: nsPath})
-	if err != nil {
-		return nil, err
-	}
-	defer func(ns netns.NsHandle) { _ = ns.Close() }(ns)
-	return netlink.NewHandleAt(ns)
 }
 
 // uplinkLink is the named link, or the one the default route leaves by.

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -92,21 +91,8 @@ func New(ctx context.Context, opts Options) (*Dataplane, error) {
 	}
 	d := &Dataplane{opts: opts, log: log.With("dataplane", "kernel"), mode: mode}
 	var err error
-	if opts.HostNetNS == "" {
-		d.hostSelf = true
-		d.hostNS, err = netns.GetFromPath("/proc/self/ns/net")
-		if err == nil {
-			d.host, err = netlink.NewHandle()
-		}
-	} else {
-		d.hostNS, err = inetns.Resolve(forwarder.NetNSRef{Path: opts.HostNetNS})
-		if err == nil {
-			d.host, err = netlink.NewHandleAt(d.hostNS)
-		}
-	}
-	if err != nil {
-		_ = d.Close()
-		return nil, fmt.Errorf("kernel dataplane: host namespace %q: %w", opts.HostNetNS, err)
+	if d.hostNS, d.host, d.hostSelf, err = vwire.OpenHost(opts.HostNetNS); err != nil {
+		return nil, fmt.Errorf("kernel dataplane: %w", err)
 	}
 	if d.deleter, err = newDeleter(d.host, d.hostNS); err != nil {
 		_ = d.Close()
@@ -450,38 +436,21 @@ func (d *Dataplane) Reconcile(ctx context.Context, wanted []*forwarder.Conn) (fo
 	}
 
 	want := map[string]bool{}
-	var (
-		mu  sync.Mutex
-		wg  sync.WaitGroup
-		sem = make(chan struct{}, reconcileWorkers)
-	)
 	for _, c := range wanted {
 		want[c.ID] = true
 		delete(dirs, pinDirName(c.ID))
-		wg.Go(func() {
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			unlock := d.locks.Lock(c.ID)
-			defer unlock()
-			changed, err := d.connect(ctx, c, true)
-			if err != nil {
-				if rerr := d.remove(ctx, c.ID); rerr != nil {
-					err = errors.Join(err, rerr)
-				}
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			switch {
-			case err != nil:
-				res.Failed[c.ID] = err
-			case changed:
-				res.Rebuilt = append(res.Rebuilt, c.ID)
-			default:
-				res.Adopted = append(res.Adopted, c.ID)
-			}
-		})
 	}
-	wg.Wait()
+	forwarder.AdoptEach(&res, wanted, reconcileWorkers, func(c *Conn) (bool, error) {
+		unlock := d.locks.Lock(c.ID)
+		defer unlock()
+		changed, err := d.connect(ctx, c, true)
+		if err != nil {
+			if rerr := d.remove(ctx, c.ID); rerr != nil {
+				err = errors.Join(err, rerr)
+			}
+		}
+		return changed, err
+	})
 	var errs []error
 	for id := range owned {
 		delete(dirs, pinDirName(id))

@@ -214,3 +214,27 @@ func (s *End) ConfigurePeer(mtu uint32, ipMode, syncL3 bool) (flipped bool, err 
 	}
 	return flipped, nil
 }
+
+// OpenHost opens the node namespace at path ("" = the process's own, self
+// true) and a netlink handle in it; on error nothing stays open.
+func OpenHost(path string) (ns netns.NsHandle, h *netlink.Handle, self bool, err error) {
+	if path == "" {
+		self = true
+		ns, err = netns.GetFromPath("/proc/self/ns/net")
+		if err == nil {
+			h, err = netlink.NewHandle()
+		}
+	} else {
+		ns, err = inetns.Resolve(forwarder.NetNSRef{Path: path})
+		if err == nil {
+			h, err = netlink.NewHandleAt(ns)
+		}
+	}
+	if err != nil {
+		if ns.IsOpen() {
+			_ = ns.Close()
+		}
+		return netns.None(), nil, false, fmt.Errorf("host namespace %q: %w", path, err)
+	}
+	return ns, h, self, nil
+}
