@@ -4,12 +4,13 @@ import (
 	"context"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/nsmfwd/nsmfwd/vppapi"
 )
 
 // Topology is one dataplane row: a client namespace — forwarder — endpoint
@@ -50,16 +51,8 @@ func Topologies() []Topology {
 
 // VPPBinary returns the VPP binary named by VPP_BIN or found in PATH, or "".
 func VPPBinary() string {
-	if p := os.Getenv("VPP_BIN"); p != "" {
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-		return ""
-	}
-	if p, err := exec.LookPath("vpp"); err == nil {
-		return p
-	}
-	return ""
+	bin, _ := vppapi.FindBinary(os.Getenv("VPP_BIN"))
+	return bin
 }
 
 // vppRow is a VPP dataplane row: nsmfwd with NSM_DATAPLANE=vpp starting

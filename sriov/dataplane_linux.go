@@ -242,16 +242,7 @@ func (d *Dataplane) Ready(context.Context) error {
 
 // Close releases handles; VFs stay with their clients.
 func (d *Dataplane) Close() error {
-	if d.host != nil {
-		d.host.Close()
-		d.host = nil
-	}
-	if d.hostNS.IsOpen() {
-		err := d.hostNS.Close()
-		d.hostNS = netns.None()
-		return err
-	}
-	return nil
+	return vwire.CloseHost(&d.hostNS, &d.host)
 }
 
 func typeField(side forwarder.SideKind) string {
@@ -333,35 +324,7 @@ func (d *Dataplane) Check(_ context.Context, id string, side forwarder.SideKind,
 }
 
 func (d *Dataplane) checkKernel(id string, side forwarder.SideKind, m forwarder.Mechanism) error {
-	ns, err := vwire.ResolveNetNS(side, m)
-	if err != nil {
-		return err
-	}
-	defer ns.Close()
-	name := m.Param(forwarder.ParamIfName)
-	if name == "" {
-		name = vwire.DefaultIfName(d.opts.Name, id, side)
-	}
-	if err := forwarder.ValidateIfName(name); err != nil {
-		return &forwarder.Error{Code: forwarder.CodeInvalidArgument, Field: vwire.ParamsField(side) + forwarder.ParamIfName, Err: err}
-	}
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return fmt.Errorf("check: netlink handle in %s: %w", m.Param(forwarder.ParamNetNSURL), err)
-	}
-	defer h.Close()
-	l, err := h.LinkByName(name)
-	if err != nil {
-		if vwire.IsNotFound(err) {
-			return nil
-		}
-		return fmt.Errorf("check: link %q: %w", name, err)
-	}
-	if l.Attrs().Alias == vwire.LinkAlias(d.opts.Name, id, side) {
-		return nil
-	}
-	return forwarder.Errorf(forwarder.CodeAlreadyExists, vwire.ParamsField(side)+forwarder.ParamIfName,
-		"interface %q already exists in network namespace %s", name, m.Param(forwarder.ParamNetNSURL))
+	return vwire.CheckKernelName(d.opts.Name, id, side, m)
 }
 
 // available reports whether pick would find a VF, without taking it.

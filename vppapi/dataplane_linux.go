@@ -137,16 +137,7 @@ func (d *Dataplane) Ready(ctx context.Context) error {
 
 // Close releases the dataplane's handles; vWires stay in place.
 func (d *Dataplane) Close() error {
-	if d.host != nil {
-		d.host.Close()
-		d.host = nil
-	}
-	if d.hostNS.IsOpen() {
-		err := d.hostNS.Close()
-		d.hostNS = netns.None()
-		return err
-	}
-	return nil
+	return vwire.CloseHost(&d.hostNS, &d.host)
 }
 
 // Conn is the current connection to VPP (nil while VPP is being
@@ -171,35 +162,7 @@ func (d *Dataplane) conns() (*Conn, error) {
 func (d *Dataplane) Check(_ context.Context, id string, side forwarder.SideKind, m forwarder.Mechanism) error {
 	switch m.Type {
 	case forwarder.MechanismKernel:
-		ns, err := vwire.ResolveNetNS(side, m)
-		if err != nil {
-			return err
-		}
-		defer ns.Close()
-		name := m.Param(forwarder.ParamIfName)
-		if name == "" {
-			return nil
-		}
-		if err := forwarder.ValidateIfName(name); err != nil {
-			return &forwarder.Error{Code: forwarder.CodeInvalidArgument, Field: vwire.ParamsField(side) + forwarder.ParamIfName, Err: err}
-		}
-		h, err := netlink.NewHandleAt(ns)
-		if err != nil {
-			return fmt.Errorf("check: netlink handle: %w", err)
-		}
-		defer h.Close()
-		l, err := h.LinkByName(name)
-		if err != nil {
-			if vwire.IsNotFound(err) {
-				return nil
-			}
-			return fmt.Errorf("check: link %q: %w", name, err)
-		}
-		if l.Attrs().Alias == vwire.LinkAlias(d.opts.Name, id, side) {
-			return nil
-		}
-		return forwarder.Errorf(forwarder.CodeAlreadyExists, vwire.ParamsField(side)+forwarder.ParamIfName,
-			"interface %q already exists in network namespace %s", name, m.Param(forwarder.ParamNetNSURL))
+		return vwire.CheckKernelName(d.opts.Name, id, side, m)
 	case MechanismMemif:
 		return nil
 	}

@@ -336,3 +336,19 @@ func (p *Process) Stop() {
 	}
 	_ = os.Remove(p.pidFile())
 }
+
+// FindBinary resolves the VPP binary: bin (VPP_BIN) when set and present,
+// else vpp on PATH. It returns "" and why when there is none.
+func FindBinary(bin string) (string, error) {
+	if bin != "" {
+		if _, err := os.Stat(bin); err != nil {
+			return "", fmt.Errorf("VPP_BIN: %w", err)
+		}
+		return bin, nil
+	}
+	p, err := exec.LookPath("vpp")
+	if err != nil {
+		return "", errors.New("no VPP binary: set VPP_BIN or put vpp on PATH")
+	}
+	return p, nil
+}

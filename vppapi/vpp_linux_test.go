@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -29,17 +28,14 @@ import (
 func vppBinary(t testing.TB) string {
 	t.Helper()
 	nstest.RequireRoot(t)
-	if b := os.Getenv("VPP_BIN"); b != "" {
-		if _, err := os.Stat(b); err != nil {
-			t.Fatalf("VPP_BIN=%s: %v", b, err)
+	bin, err := FindBinary(os.Getenv("VPP_BIN"))
+	if err != nil {
+		if os.Getenv("VPP_BIN") != "" {
+			t.Fatal(err)
 		}
-		return b
+		t.Skip(err.Error() + " to run the real-VPP tests (VPP 25.10)")
 	}
-	if b, err := exec.LookPath("vpp"); err == nil {
-		return b
-	}
-	t.Skip("no VPP binary: set VPP_BIN or put vpp on PATH to run the real-VPP tests (VPP 25.10)")
-	return ""
+	return bin
 }
 
 // startVPP starts a VPP in the namespace at nsPath, stopped at cleanup.

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"time"
@@ -53,21 +52,6 @@ func newVPPCallHistogram() *prometheus.HistogramVec {
 	}, []string{"message", "result"})
 }
 
-// vppBinary resolves VPP_BIN, or vpp on PATH.
-func vppBinary(bin string) (string, error) {
-	if bin != "" {
-		if _, err := os.Stat(bin); err != nil {
-			return "", fmt.Errorf("config: VPP_BIN: %w", err)
-		}
-		return bin, nil
-	}
-	p, err := exec.LookPath("vpp")
-	if err != nil {
-		return "", errors.New("config: NSM_DATAPLANE=vpp needs VPP_BIN, vpp on PATH or NSM_VPP_API_SOCKET")
-	}
-	return p, nil
-}
-
 // newVPPDataplane builds the VPP dataplane for NSM_DATAPLANE=vpp: it starts
 // (or adopts) a local VPP, or connects to an external one, and supervises
 // it, replaying every live connection after VPP restarts.
@@ -80,9 +64,9 @@ func newVPPDataplane(ctx context.Context, cfg Config, log *slog.Logger) (forward
 	v := &vppDataplane{calls: newVPPCallHistogram()}
 	apiSock, statsSock := vc.APISocket, vc.StatsSocket
 	if apiSock == "" {
-		bin, err := vppBinary(vc.Bin)
+		bin, err := vppapi.FindBinary(vc.Bin)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("config: NSM_DATAPLANE=vpp: %w (or set NSM_VPP_API_SOCKET)", err)
 		}
 		if v.proc, err = vppapi.StartProcess(ctx, vppapi.ProcessOptions{
 			Bin: bin, RuntimeDir: vc.RuntimeDir, MainHeap: vc.MainHeap, MainCore: -1, Logger: log,

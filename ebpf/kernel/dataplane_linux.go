@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -169,52 +170,15 @@ func (d *Dataplane) Close() error {
 	_ = os.Remove(filepath.Join(d.opts.PinDir, d.opts.Name))
 	d.deleter.close()
 	d.deleter = nil
-	if d.host != nil {
-		d.host.Close()
-		d.host = nil
-	}
-	if d.hostNS.IsOpen() {
-		err := d.hostNS.Close()
-		d.hostNS = netns.None()
-		return err
-	}
-	return nil
+	return vwire.CloseHost(&d.hostNS, &d.host)
 }
 
 // Check implements forwarder.Dataplane.
 func (d *Dataplane) Check(_ context.Context, id string, side forwarder.SideKind, m forwarder.Mechanism) error {
 	if m.Type != forwarder.MechanismKernel {
-		return forwarder.Errorf(forwarder.CodeInvalidArgument, vwire.ParamsField(side)[:len(vwire.ParamsField(side))-len("parameters.")]+"type", "mechanism %q is not %s", m.Type, forwarder.MechanismKernel)
+		return forwarder.Errorf(forwarder.CodeInvalidArgument, strings.TrimSuffix(vwire.ParamsField(side), "parameters.")+"type", "mechanism %q is not %s", m.Type, forwarder.MechanismKernel)
 	}
-	ns, err := vwire.ResolveNetNS(side, m)
-	if err != nil {
-		return err
-	}
-	defer ns.Close()
-	name := m.Param(forwarder.ParamIfName)
-	if name == "" {
-		name = vwire.DefaultIfName(d.opts.Name, id, side)
-	}
-	if err := forwarder.ValidateIfName(name); err != nil {
-		return &forwarder.Error{Code: forwarder.CodeInvalidArgument, Field: vwire.ParamsField(side) + forwarder.ParamIfName, Err: err}
-	}
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return fmt.Errorf("check: netlink handle in %s: %w", m.Param(forwarder.ParamNetNSURL), err)
-	}
-	defer h.Close()
-	l, err := h.LinkByName(name)
-	if err != nil {
-		if vwire.IsNotFound(err) {
-			return nil
-		}
-		return fmt.Errorf("check: link %q: %w", name, err)
-	}
-	if l.Attrs().Alias == vwire.LinkAlias(d.opts.Name, id, side) {
-		return nil
-	}
-	return forwarder.Errorf(forwarder.CodeAlreadyExists, vwire.ParamsField(side)+forwarder.ParamIfName,
-		"interface %q already exists in network namespace %s", name, m.Param(forwarder.ParamNetNSURL))
+	return vwire.CheckKernelName(d.opts.Name, id, side, m)
 }
 
 // Connect implements forwarder.Dataplane.

@@ -238,3 +238,53 @@ func OpenHost(path string) (ns netns.NsHandle, h *netlink.Handle, self bool, err
 	}
 	return ns, h, self, nil
 }
+
+// CheckKernelName checks a KERNEL side before anything is built: the
+// namespace resolves, the interface name (the requested one, else the
+// default) is valid, and no interface of that name exists there unless it
+// is this connection's own (a refresh).
+func CheckKernelName(name, id string, side forwarder.SideKind, m forwarder.Mechanism) error {
+	ns, err := ResolveNetNS(side, m)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	ifName := m.Param(forwarder.ParamIfName)
+	if ifName == "" {
+		ifName = DefaultIfName(name, id, side)
+	}
+	if err := forwarder.ValidateIfName(ifName); err != nil {
+		return &forwarder.Error{Code: forwarder.CodeInvalidArgument, Field: ParamsField(side) + forwarder.ParamIfName, Err: err}
+	}
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return fmt.Errorf("check: netlink handle in %s: %w", m.Param(forwarder.ParamNetNSURL), err)
+	}
+	defer h.Close()
+	l, err := h.LinkByName(ifName)
+	if err != nil {
+		if IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("check: link %q: %w", ifName, err)
+	}
+	if l.Attrs().Alias == LinkAlias(name, id, side) {
+		return nil
+	}
+	return forwarder.Errorf(forwarder.CodeAlreadyExists, ParamsField(side)+forwarder.ParamIfName,
+		"interface %q already exists in network namespace %s", ifName, m.Param(forwarder.ParamNetNSURL))
+}
+
+// CloseHost closes what OpenHost opened and clears it.
+func CloseHost(ns *netns.NsHandle, h **netlink.Handle) error {
+	if *h != nil {
+		(*h).Close()
+		*h = nil
+	}
+	if ns.IsOpen() {
+		err := ns.Close()
+		*ns = netns.None()
+		return err
+	}
+	return nil
+}

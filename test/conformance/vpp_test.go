@@ -3,7 +3,6 @@ package conformance
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -20,17 +19,14 @@ import (
 // vppBin finds VPP through VPP_BIN or PATH, or skips the test.
 func vppBin(t testing.TB) string {
 	t.Helper()
-	if b := os.Getenv("VPP_BIN"); b != "" {
-		if _, err := os.Stat(b); err != nil {
-			t.Fatalf("VPP_BIN=%s: %v", b, err)
+	bin, err := vppapi.FindBinary(os.Getenv("VPP_BIN"))
+	if err != nil {
+		if os.Getenv("VPP_BIN") != "" {
+			t.Fatal(err)
 		}
-		return b
+		t.Skip(err.Error() + " to run the VPP dataplane suite (VPP 25.10)")
 	}
-	if b, err := exec.LookPath("vpp"); err == nil {
-		return b
-	}
-	t.Skip("no VPP binary: set VPP_BIN or put vpp on PATH to run the VPP dataplane suite (VPP 25.10)")
-	return ""
+	return bin
 }
 
 // vppWorld is one VPP per node namespace, shared by the forwarder
