@@ -174,6 +174,19 @@ func (c *Conn) Invoke(ctx context.Context, req, reply api.Message) error {
 	return nil
 }
 
+// Ping sends a control ping bounded by ctx itself: unlike Invoke, a
+// liveness probe must give up at its own deadline, not the call timeout.
+func (c *Conn) Ping(ctx context.Context) error {
+	start := time.Now()
+	req := &memclnt.ControlPing{}
+	err := c.conn.Invoke(ctx, req, &memclnt.ControlPingReply{})
+	c.record(ctx, req.GetMessageName(), start, err)
+	if err != nil {
+		return fmt.Errorf("%s: %w", req.GetMessageName(), err)
+	}
+	return nil
+}
+
 // NewStream implements api.Connection, with the stream's context detached
 // from ctx's cancellation and bounded by the call timeout.
 func (c *Conn) NewStream(ctx context.Context, options ...api.StreamOption) (api.Stream, error) {

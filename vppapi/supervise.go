@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
-
-	"go.fd.io/govpp/binapi/memclnt"
 )
 
 // SuperviseOptions configure Supervise.
@@ -45,6 +43,11 @@ func Supervise(ctx context.Context, opts SuperviseOptions) error {
 			return err
 		}
 		log.WarnContext(ctx, "VPP lost; restarting and replaying connections", "reason", reason)
+		if opts.Process != nil {
+			if err := killHung(ctx, opts.Process, log); err != nil {
+				return err
+			}
+		}
 		if old := opts.Dataplane.current(); old != nil {
 			old.Close()
 		}
@@ -85,6 +88,28 @@ func Supervise(ctx context.Context, opts SuperviseOptions) error {
 	}
 }
 
+// killHung kills a local VPP that is alive but stopped answering, so the
+// restart below can start a new one. A VPP main loop that stopped
+// dispatching (VPP 25.10 livelocks with 16 or more readable af_packet
+// sockets, see docs/operations.md) never recovers on its own, and a
+// socket that accepts but never answers would keep Dial retrying for ever.
+func killHung(ctx context.Context, p *Process, log *slog.Logger) error {
+	exited := p.Exited()
+	select {
+	case <-exited:
+		return nil
+	default:
+	}
+	log.WarnContext(ctx, "VPP is running but not answering; killing it", "pid", p.Pid())
+	p.Kill()
+	select {
+	case <-exited:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // waitLoss returns when the supervised VPP exits or VPP stops answering.
 func waitLoss(ctx context.Context, opts SuperviseOptions) (string, error) {
 	var exited <-chan struct{}
@@ -106,7 +131,7 @@ func waitLoss(ctx context.Context, opts SuperviseOptions) (string, error) {
 				return "not connected", nil
 			}
 			pctx, cancel := context.WithTimeout(ctx, opts.Interval)
-			err := c.Invoke(pctx, &memclnt.ControlPing{}, &memclnt.ControlPingReply{})
+			err := c.Ping(pctx)
 			cancel()
 			if err == nil {
 				fails = 0
