@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -166,9 +167,18 @@ func (s *Server) request(ctx context.Context, req *networkservice.NetworkService
 	setParams(cm, fc.Client.Mechanism.Params)
 	setParams(em, fc.Endpoint.Mechanism.Params)
 
+	// A tunnel may have lowered the MTU: the vWire's is the connection's.
+	fc.MTU = dfc.MTU
+
 	// The client-facing connection, in our frame.
 	res := conn.Clone()
-	res.Context = next.GetContext()
+	res.Context = proto.CloneOf(next.GetContext())
+	if fc.MTU != 0 && (res.GetContext().GetMTU() == 0 || fc.MTU < res.GetContext().GetMTU()) {
+		if res.Context == nil {
+			res.Context = &networkservice.ConnectionContext{}
+		}
+		res.Context.MTU = fc.MTU
+	}
 	res.Mechanism = cm
 	res.Path = proto.CloneOf(next.GetPath())
 	res.Path.Index = ourIndex
@@ -272,7 +282,7 @@ func (s *Server) clientMechanism(conn *networkservice.Connection, prefs []*netwo
 		return old.conn.GetMechanism().Clone(), nil
 	}
 	var offered []string
-	for i, p := range prefs {
+	for i, p := range s.prioritize(prefs) {
 		offered = append(offered, p.GetType())
 		if _, ok := s.reg.Lookup(p.GetType()); !ok || !slices.Contains(supported, p.GetType()) {
 			continue
@@ -291,9 +301,12 @@ func (s *Server) clientMechanism(conn *networkservice.Connection, prefs []*netwo
 	return nil, forwarder.Errorf(forwarder.CodeInvalidArgument, "mechanism_preferences", "no supported mechanism: offered [%s], supported [%s]", strings.Join(offered, ", "), strings.Join(usable, ", "))
 }
 
-// endpointPreferences lists the mechanisms we can build toward the next hop.
+// endpointPreferences lists the mechanisms we can build toward the next
+// hop, with the parameters the dataplane offers for each (a REMOTE
+// mechanism's local tunnel end).
 func (s *Server) endpointPreferences() []*networkservice.Mechanism {
 	var out []*networkservice.Mechanism
+	offerer, _ := s.dp.(forwarder.Offerer)
 	for _, t := range s.dp.Mechanisms(forwarder.SideEndpoint) {
 		spec, ok := s.reg.Lookup(t)
 		if !ok {
@@ -303,8 +316,28 @@ func (s *Server) endpointPreferences() []*networkservice.Mechanism {
 		if cls == "" {
 			cls = forwarder.ClsLocal
 		}
-		out = append(out, &networkservice.Mechanism{Cls: cls, Type: t, Parameters: map[string]string{}})
+		params := map[string]string{}
+		if offerer != nil {
+			maps.Copy(params, offerer.Offer(t))
+		}
+		out = append(out, &networkservice.Mechanism{Cls: cls, Type: t, Parameters: params})
 	}
+	return s.prioritize(out)
+}
+
+// prioritize orders ms by the configured mechanism priority, stably.
+func (s *Server) prioritize(ms []*networkservice.Mechanism) []*networkservice.Mechanism {
+	if len(s.priority) == 0 {
+		return ms
+	}
+	rank := func(m *networkservice.Mechanism) int {
+		if i := slices.Index(s.priority, m.GetType()); i >= 0 {
+			return i
+		}
+		return len(s.priority)
+	}
+	out := slices.Clone(ms)
+	slices.SortStableFunc(out, func(a, b *networkservice.Mechanism) int { return rank(a) - rank(b) })
 	return out
 }
 

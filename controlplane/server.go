@@ -86,6 +86,11 @@ type Options struct {
 	// read live connection counts, readiness and per-connection datapath
 	// counters at scrape time (docs/metrics.md).
 	Metrics prometheus.Registerer
+	// MechanismPriority orders mechanism types (NSM_MECHANISM_PRIORITY):
+	// the listed ones first, in this order, then the others in the
+	// caller's (or the dataplane's) order. It applies to the caller's
+	// preferences and to what we offer the next hop.
+	MechanismPriority []string
 }
 
 // Server implements networkservice.NetworkServiceServer and
@@ -106,6 +111,7 @@ type Server struct {
 	metrics   *metrics
 	id        identity.Identity
 	fdWait    time.Duration
+	priority  []string
 
 	ready atomic.Int32 // last readiness seen: 0 unknown, 1 ready, 2 not ready
 	locks keyedMutex
@@ -172,6 +178,7 @@ func New(opts Options) (*Server, error) {
 		monBuf:    opts.MonitorBuffer,
 		id:        opts.Identity,
 		fdWait:    orDefault(opts.FDWait, DefaultFDWait),
+		priority:  opts.MechanismPriority,
 		conns:     make(map[string]*entry),
 		subs:      make(map[*subscriber]struct{}),
 		bgDone:    make(chan struct{}),

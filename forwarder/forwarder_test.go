@@ -78,6 +78,15 @@ func TestRegistryValidate(t *testing.T) {
 		{"no netns", Mechanism{Type: MechanismKernel, Params: map[string]string{ParamIfName: "nsm0"}}, CodeInvalidArgument, field + ".parameters.inodeURL"},
 		{"bad netns", Mechanism{Type: MechanismKernel, Params: map[string]string{ParamNetNSURL: "ftp://x"}}, CodeInvalidArgument, field + ".parameters.inodeURL"},
 		{"long name", Mechanism{Type: MechanismKernel, Params: map[string]string{ParamNetNSURL: "inode://4/5", ParamIfName: "0123456789abcdef"}}, CodeInvalidArgument, field + ".parameters.name"},
+		{"vxlan offer", Mechanism{Cls: ClsRemote, Type: MechanismVXLAN, Params: map[string]string{ParamSrcIP: "192.0.2.1", ParamSrcPort: "4789"}}, 0, ""},
+		{"vxlan answer", Mechanism{Cls: ClsRemote, Type: MechanismVXLAN, Params: map[string]string{ParamSrcIP: "192.0.2.1", ParamDstIP: "2001:db8::2", ParamVNI: "16777215", ParamMTU: "1450"}}, 0, ""},
+		{"vxlan local class", Mechanism{Cls: ClsLocal, Type: MechanismVXLAN}, CodeInvalidArgument, field + ".cls"},
+		{"vxlan bad ip", Mechanism{Type: MechanismVXLAN, Params: map[string]string{ParamSrcIP: "192.0.2.300"}}, CodeInvalidArgument, field + ".parameters.src_ip"},
+		{"vxlan vni 0", Mechanism{Type: MechanismVXLAN, Params: map[string]string{ParamVNI: "0"}}, CodeInvalidArgument, field + ".parameters.vni"},
+		{"vxlan vni 2^24", Mechanism{Type: MechanismVXLAN, Params: map[string]string{ParamVNI: "16777216"}}, CodeInvalidArgument, field + ".parameters.vni"},
+		{"vxlan port 0", Mechanism{Type: MechanismVXLAN, Params: map[string]string{ParamDstPort: "0"}}, CodeInvalidArgument, field + ".parameters.dst_port"},
+		{"vlan ok", Mechanism{Type: MechanismVLAN, Params: map[string]string{ParamVLANID: "100"}}, 0, ""},
+		{"vlan 4095", Mechanism{Type: MechanismVLAN, Params: map[string]string{ParamVLANID: "4095"}}, CodeInvalidArgument, field + ".parameters.vlan-id"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

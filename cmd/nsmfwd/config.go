@@ -27,4 +27,7 @@ type Config struct {
 	SpiffeTimeout    time.Duration     `env:"NSM_SPIFFE_TIMEOUT" default:"1m" desc:"how long to wait at start for the first X.509 SVID from SPIFFE_ENDPOINT_SOCKET"`
 	Prometheus       bool              `env:"PROMETHEUS" default:"false" desc:"serve Prometheus metrics (docs/metrics.md) on NSM_PROMETHEUS_LISTEN_ON"`
 	PrometheusListen string            `env:"NSM_PROMETHEUS_LISTEN_ON" default:":8081" desc:"host:port of the /metrics endpoint when PROMETHEUS=true"`
+	TunnelIP         string            `env:"NSM_TUNNEL_IP" default:"" desc:"this node's tunnel end for REMOTE mechanisms (VXLAN, kernel dataplane): an address, none (REMOTE mechanisms off), or empty for the first global address of the default route's interface"`
+	VXLANPort        uint32            `env:"NSM_VXLAN_PORT" default:"4789" desc:"UDP port of VXLAN tunnels; the kernel dataplane uses it at both ends"`
+	MechanismPrio    []string          `env:"NSM_MECHANISM_PRIORITY" default:"" desc:"mechanism types to prefer, in order (e.g. VXLAN,KERNEL), over the caller's order and over the order the forwarder offers them to the next hop"`
 }

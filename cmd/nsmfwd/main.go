@@ -94,11 +94,25 @@ func newLogger(cfg Config) (*slog.Logger, error) {
 func newDataplane(ctx context.Context, cfg Config, log *slog.Logger) (forwarder.Dataplane, error) {
 	switch cfg.Dataplane {
 	case "kernel":
+		tip, err := tunnelIP(cfg.TunnelIP)
+		if err != nil {
+			return nil, err
+		}
+		if cfg.VXLANPort == 0 || cfg.VXLANPort > 65535 {
+			return nil, fmt.Errorf("config: NSM_VXLAN_PORT=%d: want 1-65535", cfg.VXLANPort)
+		}
+		if tip.IsValid() {
+			log.InfoContext(ctx, "REMOTE mechanisms enabled", "tunnel_ip", tip, "vxlan_port", cfg.VXLANPort)
+		} else {
+			log.InfoContext(ctx, "no tunnel address: REMOTE mechanisms off (NSM_TUNNEL_IP)")
+		}
 		return kernel.New(ctx, kernel.Options{
-			Name:   cfg.Name,
-			PinDir: cfg.BPFPinDir,
-			Attach: cfg.TCAttach,
-			Logger: log.With("dataplane", "kernel"),
+			Name:      cfg.Name,
+			PinDir:    cfg.BPFPinDir,
+			Attach:    cfg.TCAttach,
+			TunnelIP:  tip,
+			VXLANPort: uint16(cfg.VXLANPort),
+			Logger:    log.With("dataplane", "kernel"),
 		})
 	case "vpp":
 		return newVPPDataplane(ctx, cfg, log)
@@ -152,17 +166,18 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 	}
 	srv, err := controlplane.New(controlplane.Options{
-		Name:             cfg.Name,
-		Dataplane:        dp,
-		Registry:         mechanismRegistry(dp),
-		NextHop:          nextHop,
-		Store:            store,
-		MaxTokenLifetime: cfg.MaxTokenLifetime,
-		RequestTimeout:   cfg.RequestTimeout,
-		Logger:           log,
-		Health:           hs,
-		Metrics:          registerer(reg),
-		Identity:         id,
+		Name:              cfg.Name,
+		Dataplane:         dp,
+		Registry:          mechanismRegistry(dp),
+		NextHop:           nextHop,
+		Store:             store,
+		MaxTokenLifetime:  cfg.MaxTokenLifetime,
+		RequestTimeout:    cfg.RequestTimeout,
+		Logger:            log,
+		Health:            hs,
+		Metrics:           registerer(reg),
+		Identity:          id,
+		MechanismPriority: cfg.MechanismPrio,
 	})
 	if err != nil {
 		return err

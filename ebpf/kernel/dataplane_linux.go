@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -41,6 +44,12 @@ type Options struct {
 	// (clsact qdisc and a direct-action BPF filter) or "tcx" (pinned tcx
 	// links, Linux 6.6+). See xconnect.ModeAuto for why auto is not tcx.
 	Attach string
+	// TunnelIP is this node's tunnel end for REMOTE mechanisms (VXLAN);
+	// without it only KERNEL is offered and accepted.
+	TunnelIP netip.Addr
+	// VXLANPort is the UDP port VXLAN tunnels use at both ends (default
+	// 4789).
+	VXLANPort uint16
 	// Logger receives the dataplane's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -65,6 +74,7 @@ type Dataplane struct {
 	deleter  *deleter
 	locks    keyed.Mutex
 	probed   atomic.Bool // the program has loaded once: Ready stops probing
+	vxlanMu  sync.Mutex  // VNI allocation and VXLAN device creation
 }
 
 var _ forwarder.Dataplane = (*Dataplane)(nil)
@@ -78,6 +88,10 @@ func New(ctx context.Context, opts Options) (*Dataplane, error) {
 	if opts.PinDir == "" {
 		opts.PinDir = DefaultPinDir
 	}
+	if opts.VXLANPort == 0 {
+		opts.VXLANPort = forwarder.VXLANPort
+	}
+	opts.TunnelIP = opts.TunnelIP.Unmap()
 	mode := xconnect.Mode(opts.Attach)
 	switch mode {
 	case "":
@@ -139,8 +153,12 @@ func isBPFFS(dir string) error {
 // Name implements forwarder.Dataplane.
 func (d *Dataplane) Name() string { return "kernel" }
 
-// Mechanisms implements forwarder.Dataplane: KERNEL on both sides.
+// Mechanisms implements forwarder.Dataplane: KERNEL on both sides, and
+// VXLAN when the dataplane has a tunnel address.
 func (d *Dataplane) Mechanisms(forwarder.SideKind) []string {
+	if d.remote() {
+		return []string{forwarder.MechanismKernel, forwarder.MechanismVXLAN}
+	}
 	return []string{forwarder.MechanismKernel}
 }
 
@@ -175,10 +193,13 @@ func (d *Dataplane) Close() error {
 
 // Check implements forwarder.Dataplane.
 func (d *Dataplane) Check(_ context.Context, id string, side forwarder.SideKind, m forwarder.Mechanism) error {
-	if m.Type != forwarder.MechanismKernel {
-		return forwarder.Errorf(forwarder.CodeInvalidArgument, strings.TrimSuffix(vwire.ParamsField(side), "parameters.")+"type", "mechanism %q is not %s", m.Type, forwarder.MechanismKernel)
+	switch m.Type {
+	case forwarder.MechanismKernel:
+		return vwire.CheckKernelName(d.opts.Name, id, side, m)
+	case forwarder.MechanismVXLAN:
+		return d.checkVXLAN(side, m)
 	}
-	return vwire.CheckKernelName(d.opts.Name, id, side, m)
+	return forwarder.Errorf(forwarder.CodeInvalidArgument, strings.TrimSuffix(vwire.ParamsField(side), "parameters.")+"type", "mechanism %q is not one of %v", m.Type, d.Mechanisms(side))
 }
 
 // Connect implements forwarder.Dataplane.
@@ -201,18 +222,26 @@ type Conn = forwarder.Conn
 func (d *Dataplane) connect(ctx context.Context, c *Conn, adopt bool) (changed bool, err error) {
 	log := d.log.With("conn_id", c.ID)
 	sides := []*vwire.End{
-		{Kind: forwarder.SideClient, Side: &c.Client},
-		{Kind: forwarder.SideEndpoint, Side: &c.Endpoint},
+		{Kind: forwarder.SideClient, Side: &c.Client, NS: netns.None()},
+		{Kind: forwarder.SideEndpoint, Side: &c.Endpoint, NS: netns.None()},
 	}
 	defer func() {
 		for _, s := range sides {
 			s.Close()
 		}
 	}()
-	for _, s := range sides {
-		if s.Side.Mechanism.Type != forwarder.MechanismKernel {
-			return false, forwarder.Errorf(forwarder.CodeInvalidArgument, vwire.ParamsField(s.Kind)[:len(vwire.ParamsField(s.Kind))-len("parameters.")]+"type",
-				"mechanism %q is not %s", s.Side.Mechanism.Type, forwarder.MechanismKernel)
+	tunnel := [2]bool{}
+	for i, s := range sides {
+		s.HostName = vwire.HostIfName(d.opts.Name, c.ID, s.Kind)
+		s.Alias = vwire.LinkAlias(d.opts.Name, c.ID, s.Kind)
+		switch s.Side.Mechanism.Type {
+		case forwarder.MechanismKernel:
+		case forwarder.MechanismVXLAN:
+			tunnel[i] = true // ensureVXLAN checks its parameters
+			continue
+		default:
+			return false, forwarder.Errorf(forwarder.CodeInvalidArgument, strings.TrimSuffix(vwire.ParamsField(s.Kind), "parameters.")+"type",
+				"mechanism %q is not one of %v", s.Side.Mechanism.Type, d.Mechanisms(s.Kind))
 		}
 		if s.NS, err = vwire.ResolveNetNS(s.Kind, s.Side.Mechanism); err != nil {
 			return false, err
@@ -228,8 +257,6 @@ func (d *Dataplane) connect(ctx context.Context, c *Conn, adopt bool) (changed b
 		if err := forwarder.ValidateIfName(s.IfName); err != nil {
 			return false, &forwarder.Error{Code: forwarder.CodeInvalidArgument, Field: vwire.ParamsField(s.Kind) + forwarder.ParamIfName, Err: err}
 		}
-		s.HostName = vwire.HostIfName(d.opts.Name, c.ID, s.Kind)
-		s.Alias = vwire.LinkAlias(d.opts.Name, c.ID, s.Kind)
 		if s.SameNS, err = inetns.Same(s.NS, d.hostNS); err != nil {
 			return false, err
 		}
@@ -264,7 +291,23 @@ func (d *Dataplane) connect(ctx context.Context, c *Conn, adopt bool) (changed b
 
 	ipMode := c.Payload == forwarder.PayloadIP
 	reinstall := false
-	for _, s := range sides {
+	// Tunnels first: they may lower the MTU the veths get.
+	for i, s := range sides {
+		if !tunnel[i] {
+			continue
+		}
+		if err := d.ensureVXLAN(c, s); err != nil {
+			return changed || s.Created, err
+		}
+		if s.Created {
+			changed = true
+			reinstall = true
+		}
+	}
+	for i, s := range sides {
+		if tunnel[i] {
+			continue
+		}
 		if err := s.EnsurePair(d.host, c.MTU); err != nil {
 			return changed || s.Created, err
 		}
@@ -282,13 +325,23 @@ func (d *Dataplane) connect(ctx context.Context, c *Conn, adopt bool) (changed b
 		}
 	}
 
+	// Toward a veth whose peer is in another namespace the program enters
+	// it directly; toward a tunnel it sends out through the device, whose
+	// own address stands for the far side in IP mode.
+	mac := func(i int) net.HardwareAddr {
+		if tunnel[i] {
+			return sides[i].Host.Attrs().HardwareAddr
+		}
+		return sides[i].Peer.Attrs().HardwareAddr
+	}
 	cfg := xconnect.Config{
 		ClientIfindex:   sides[0].Host.Attrs().Index,
 		EndpointIfindex: sides[1].Host.Attrs().Index,
-		RedirectPeer:    !sides[0].SameNS && !sides[1].SameNS,
+		PeerClient:      !tunnel[0] && !sides[0].SameNS,
+		PeerEndpoint:    !tunnel[1] && !sides[1].SameNS,
 		IPMode:          ipMode,
-		ClientMAC:       sides[0].Peer.Attrs().HardwareAddr,
-		EndpointMAC:     sides[1].Peer.Attrs().HardwareAddr,
+		ClientMAC:       mac(0),
+		EndpointMAC:     mac(1),
 	}
 	if !reinstall {
 		x, oerr := xconnect.Open(pinDir)
@@ -310,7 +363,7 @@ func (d *Dataplane) connect(ctx context.Context, c *Conn, adopt bool) (changed b
 		}
 		installed = true
 		changed = true
-		log.DebugContext(ctx, "cross-connect installed", "mode", x.Mode, "redirect_peer", cfg.RedirectPeer, "ip_mode", cfg.IPMode)
+		log.DebugContext(ctx, "cross-connect installed", "mode", x.Mode, "peer_client", cfg.PeerClient, "peer_endpoint", cfg.PeerEndpoint, "ip_mode", cfg.IPMode)
 		_ = x.Close()
 	}
 	return changed, nil

@@ -2,11 +2,13 @@
 
 // SPDX-License-Identifier: (MIT OR GPL-2.0)
 //
-// xconnect cross-connects the host-side ends of two veth pairs. It runs on
-// the tc ingress of both host ends: whatever the client sends arrives at the
-// client host end's ingress and is redirected to the endpoint side, and vice
-// versa. With bpf_redirect_peer the packet enters the target namespace's
-// ingress directly and never touches host routing or bridging.
+// xconnect cross-connects two node-side devices: the host-side ends of two
+// veth pairs, or a veth host end and a tunnel device (VXLAN, VLAN). It runs
+// on the tc ingress of both: whatever the client sends arrives at the client
+// host end's ingress and is redirected to the endpoint side, and vice
+// versa. Toward a veth, bpf_redirect_peer makes the packet enter the target
+// namespace's ingress directly, never touching host routing or bridging;
+// toward a tunnel device, bpf_redirect sends it out through the device.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -17,7 +19,8 @@
 // Set at load time; the verifier sees them as constants.
 volatile const __u32 client_ifindex;   // host end of the client pair
 volatile const __u32 endpoint_ifindex; // host end of the endpoint pair
-volatile const __u8 redirect_peer;     // 1: bpf_redirect_peer, 0: bpf_redirect
+volatile const __u8 peer_to_client;    // toward the client: 1 bpf_redirect_peer, 0 bpf_redirect
+volatile const __u8 peer_to_endpoint;  // toward the endpoint: the same
 volatile const __u8 ip_mode;           // 1: IP payload: rewrite MACs, drop non-IP
 volatile const __u8 client_mac[ETH_ALEN];   // MAC of the client's in-namespace interface
 volatile const __u8 endpoint_mac[ETH_ALEN]; // MAC of the endpoint's in-namespace interface
@@ -57,16 +60,19 @@ SEC("tc")
 int xconnect(struct __sk_buff *skb)
 {
 	__u32 dir, target;
+	__u8 peer;
 	volatile const __u8 *dst, *src;
 
 	if (skb->ifindex == client_ifindex) {
 		dir = 0;
 		target = endpoint_ifindex;
+		peer = peer_to_endpoint;
 		dst = endpoint_mac;
 		src = client_mac;
 	} else if (skb->ifindex == endpoint_ifindex) {
 		dir = 1;
 		target = client_ifindex;
+		peer = peer_to_client;
 		dst = client_mac;
 		src = endpoint_mac;
 	} else {
@@ -88,7 +94,7 @@ int xconnect(struct __sk_buff *skb)
 	}
 
 	long ret;
-	if (redirect_peer)
+	if (peer)
 		ret = bpf_redirect_peer(target, 0);
 	else
 		ret = bpf_redirect(target, 0);

@@ -81,7 +81,8 @@ type xconnectVariableSpecs struct {
 	EndpointIfindex *ebpf.VariableSpec `ebpf:"endpoint_ifindex"`
 	EndpointMac     *ebpf.VariableSpec `ebpf:"endpoint_mac"`
 	IpMode          *ebpf.VariableSpec `ebpf:"ip_mode"`
-	RedirectPeer    *ebpf.VariableSpec `ebpf:"redirect_peer"`
+	PeerToClient    *ebpf.VariableSpec `ebpf:"peer_to_client"`
+	PeerToEndpoint  *ebpf.VariableSpec `ebpf:"peer_to_endpoint"`
 }
 
 // xconnectObjects contains all objects after they have been loaded into the kernel.
@@ -122,7 +123,8 @@ type xconnectVariables struct {
 	EndpointIfindex *ebpf.Variable `ebpf:"endpoint_ifindex"`
 	EndpointMac     *ebpf.Variable `ebpf:"endpoint_mac"`
 	IpMode          *ebpf.Variable `ebpf:"ip_mode"`
-	RedirectPeer    *ebpf.Variable `ebpf:"redirect_peer"`
+	PeerToClient    *ebpf.Variable `ebpf:"peer_to_client"`
+	PeerToEndpoint  *ebpf.Variable `ebpf:"peer_to_endpoint"`
 }
 
 // xconnectPrograms contains all programs after they have been loaded into the kernel.

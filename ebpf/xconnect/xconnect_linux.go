@@ -55,11 +55,12 @@ type Config struct {
 	// ClientIfindex and EndpointIfindex are the host-side veth ends, in
 	// the host namespace.
 	ClientIfindex, EndpointIfindex int
-	// RedirectPeer sends packets straight into the target veth peer's
-	// namespace with bpf_redirect_peer. It needs the peer to live in
-	// another namespace than the host end; otherwise set it false and the
-	// packet leaves through the host end with bpf_redirect.
-	RedirectPeer bool
+	// PeerClient and PeerEndpoint send packets toward that side straight
+	// into its veth peer's namespace with bpf_redirect_peer. It needs the
+	// peer to live in another namespace than the host end; otherwise, or
+	// when the side is a tunnel device, leave it false and the packet
+	// leaves through the device with bpf_redirect.
+	PeerClient, PeerEndpoint bool
 	// IPMode is for IP payload: non-IP frames are dropped and the Ethernet
 	// addresses are rewritten to ClientMAC/EndpointMAC.
 	IPMode bool
@@ -99,7 +100,8 @@ func Spec(cfg Config) (*ebpf.CollectionSpec, error) {
 	vars := map[string]any{
 		"client_ifindex":   uint32(cfg.ClientIfindex),
 		"endpoint_ifindex": uint32(cfg.EndpointIfindex),
-		"redirect_peer":    boolByte(cfg.RedirectPeer),
+		"peer_to_client":   boolByte(cfg.PeerClient),
+		"peer_to_endpoint": boolByte(cfg.PeerEndpoint),
 		"ip_mode":          boolByte(cfg.IPMode),
 		"client_mac":       cmac,
 		"endpoint_mac":     emac,

@@ -13,7 +13,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestSpecConstants(t *testing.T) {
 	mac := net.HardwareAddr{2, 0, 0, 0, 0, 1}
-	spec, err := Spec(Config{ClientIfindex: 7, EndpointIfindex: 9, RedirectPeer: true, IPMode: true, ClientMAC: mac})
+	spec, err := Spec(Config{ClientIfindex: 7, EndpointIfindex: 9, PeerClient: true, PeerEndpoint: true, IPMode: true, ClientMAC: mac})
 	if err != nil {
 		t.Fatal(err)
 	}

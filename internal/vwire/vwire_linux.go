@@ -75,7 +75,9 @@ func (s *End) Close() {
 	if s.NL != nil {
 		s.NL.Close()
 	}
-	if s.NS.IsOpen() {
+	// 0 is an End whose namespace was never resolved, not a descriptor
+	// to close (it would be the process's stdin).
+	if s.NS.IsOpen() && s.NS != 0 {
 		_ = s.NS.Close()
 	}
 }

@@ -1,0 +1,113 @@
+package e2e
+
+import (
+	"context"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nsmfwd/nsmfwd/controlplane/nsc"
+	"github.com/nsmfwd/nsmfwd/internal/netns/nstest"
+)
+
+// TestCrossNodeVXLAN: the client on node A, the endpoint on node B, a
+// forwarder on each (two namespaces joined by a veth uplink, MTU 1500).
+// A's next hop is B's forwarder, as NSMgr would route a Request for a
+// remote endpoint; B prefers VXLAN (NSM_MECHANISM_PRIORITY) where NSMgr
+// would have kept only REMOTE mechanisms on a Request from another node.
+// Traffic passes through the tunnel; refresh keeps it; Close from the
+// client removes both halves and every BPF program.
+func TestCrossNodeVXLAN(t *testing.T) {
+	w := newWorld(t, "e2ex")
+	nodeB, nodeBPath := nstest.New(t)
+	progsBefore := nstest.BPFProgIDs(t)
+	for _, args := range [][]string{
+		{"ip", "-n", w.node, "link", "add", "up0", "type", "veth", "peer", "name", "up0", "netns", nodeB},
+		{"ip", "-n", w.node, "addr", "add", "192.0.2.1/24", "dev", "up0"},
+		{"ip", "-n", nodeB, "addr", "add", "192.0.2.2/24", "dev", "up0"},
+		{"ip", "-n", w.node, "link", "set", "up0", "up"},
+		{"ip", "-n", nodeB, "link", "set", "up0", "up"},
+	} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+	}
+	w.startNSE("NSM_SERVICE_NAMES=icmp-responder", "NSM_CIDR_PREFIX=169.254.0.0/16")
+	nameB := w.name + "-b"
+	t.Cleanup(func() { _ = exec.Command("rm", "-rf", filepath.Join("/sys/fs/bpf/nsmfwd", nameB)).Run() })
+	sockB := filepath.Join(w.dir, "fwd-b.sock")
+	start(t, w, "nsmfwd-b", []string{
+		"NSM_NAME=" + nameB,
+		"NSM_LISTEN_ON=unix://" + sockB,
+		"NSM_CONNECT_TO=unix://" + filepath.Join(w.dir, "nse.sock"),
+		"NSM_STATE_DIR=" + filepath.Join(w.dir, "state-b"),
+		"NSM_TUNNEL_IP=192.0.2.2",
+		"NSM_MECHANISM_PRIORITY=VXLAN",
+		"NSM_LOG_LEVEL=DEBUG",
+		"NSM_INSECURE=true",
+	}, "nsenter", "--net="+nodeBPath, filepath.Join(w.bin, "nsmfwd"))
+	waitSocket(t, sockB)
+	w.fwdEnv = []string{"NSM_CONNECT_TO=unix://" + sockB, "NSM_TUNNEL_IP=192.0.2.1"}
+	w.startForwarder()
+	_, client := w.dialForwarder()
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := nsc.Request(ctx, client, nsc.RequestOptions{NetworkService: "icmp-responder", NetNSURL: nsc.NetNSURLFromPath(w.clientPath), IfName: "nsm0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := conn.GetContext().GetMTU(); got != 1450 {
+		t.Fatalf("connection MTU %d, want 1450 (uplink 1500 minus VXLAN over IPv4)", got)
+	}
+	if err := w.ping(w.client, epAddr(conn)); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := nstest.Exec(t, w.client, "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1422", epAddr(conn).String()); err != nil {
+		t.Fatalf("full-size ping through the tunnel: %v\n%s", err, out)
+	}
+	vxlans := func(path string) []string {
+		var out []string
+		for _, l := range nstest.Links(t, path) {
+			if l != "lo" && l != "up0" {
+				out = append(out, l)
+			}
+		}
+		return out
+	}
+	// Node A: the client's veth host end and the tunnel; node B: the
+	// tunnel and the endpoint's veth host end.
+	if a, b := vxlans(w.nodePath), vxlans(nodeBPath); len(a) != 2 || len(b) != 2 {
+		t.Fatalf("node links: A %v, B %v", a, b)
+	}
+	for _, ns := range []string{w.node, nodeB} {
+		out, err := exec.Command("ip", "-n", ns, "-d", "link", "show", "type", "vxlan").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "vxlan id ") || !strings.Contains(string(out), "dstport 4789") {
+			t.Fatalf("no VXLAN device on node %s: %v\n%s", ns, err, out)
+		}
+	}
+
+	conn, err = nsc.Refresh(ctx, client, conn, time.Minute)
+	if err != nil {
+		t.Fatalf("refresh: %v", err)
+	}
+	if err := w.ping(w.client, epAddr(conn)); err != nil {
+		t.Fatalf("after refresh: %v", err)
+	}
+	if err := nsc.Close(ctx, client, conn); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for (len(vxlans(w.nodePath))+len(vxlans(nodeBPath)) > 0) && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if a, b := vxlans(w.nodePath), vxlans(nodeBPath); len(a)+len(b) > 0 {
+		t.Fatalf("left after Close: node A %v, node B %v", a, b)
+	}
+	if got := nstest.BPFProgIDs(t); !slices.Equal(sorted(got), sorted(progsBefore)) {
+		t.Fatalf("BPF programs left after Close: %v -> %v", progsBefore, got)
+	}
+}
