@@ -372,6 +372,7 @@ func (s *Server) buildConn(ctx context.Context, id string, conn *networkservice.
 	fc := &forwarder.Conn{
 		ID:             id,
 		NetworkService: conn.GetNetworkService(),
+		Labels:         maps.Clone(conn.GetLabels()),
 		Payload:        forwarder.Payload(conn.GetPayload()),
 		MTU:            next.GetContext().GetMTU(),
 		Client:         forwarder.Side{Mechanism: toMechanism(cm), IP: cip},

@@ -1,6 +1,7 @@
 package forwarder
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 	"time"
@@ -62,13 +63,16 @@ type Side struct {
 // segment id; every object a dataplane creates for the connection carries it
 // so that a restarted forwarder can find it again.
 type Conn struct {
-	ID             string    `json:"id"`
-	NetworkService string    `json:"network_service,omitempty"`
-	Payload        Payload   `json:"payload"`
-	MTU            uint32    `json:"mtu,omitempty"`
-	Client         Side      `json:"client"`
-	Endpoint       Side      `json:"endpoint"`
-	Expires        time.Time `json:"expires"`
+	ID             string `json:"id"`
+	NetworkService string `json:"network_service,omitempty"`
+	// Labels are the connection's NSM labels; a VLAN side picks its host
+	// device by the "via" label.
+	Labels   map[string]string `json:"labels,omitempty"`
+	Payload  Payload           `json:"payload"`
+	MTU      uint32            `json:"mtu,omitempty"`
+	Client   Side              `json:"client"`
+	Endpoint Side              `json:"endpoint"`
+	Expires  time.Time         `json:"expires"`
 }
 
 // Clone returns a deep copy of c.
@@ -77,6 +81,7 @@ func (c *Conn) Clone() *Conn {
 		return nil
 	}
 	out := *c
+	out.Labels = maps.Clone(c.Labels)
 	out.Client = c.Client.clone()
 	out.Endpoint = c.Endpoint.clone()
 	return &out

@@ -23,6 +23,7 @@ type Config struct {
 	CIDRPrefixRaw    string        `env:"NSM_CIDR_PREFIX" default:"169.254.0.0/24,fd00:5::/120" desc:"comma-separated CIDR prefixes to assign point-to-point addresses from (at most one IPv4 and one IPv6; NSM's [a,b] grouping is accepted and flattened)"`
 	NetNSURL         string        `env:"NSM_NETNS_URL" default:"" desc:"namespace URL the endpoint gives in its KERNEL mechanism; empty: inode://DEV/INO of its own network namespace"`
 	IfNamePrefix     string        `env:"NSM_IFNAME_PREFIX" default:"nse-" desc:"prefix of the endpoint-side interface name when the request does not name it (at most 11 characters)"`
+	VLANID           uint32        `env:"NSM_VLAN_ID" default:"0" desc:"1-4094: be a remote-VLAN endpoint (that VLAN of the physical network, reached through the forwarder's VLAN mechanism) instead of a KERNEL one"`
 	MTU              uint32        `env:"NSM_MTU" default:"0" desc:"MTU set in the connection context when the request leaves it 0; 0 leaves it unset"`
 	MaxTokenLifetime time.Duration `env:"NSM_MAX_TOKEN_LIFETIME" default:"10m" desc:"lifetime of the endpoint's path segment token"`
 	LogLevel         slog.Level    `env:"NSM_LOG_LEVEL" default:"INFO" desc:"log level: TRACE, DEBUG, INFO, WARN or ERROR"`

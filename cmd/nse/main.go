@@ -67,6 +67,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- net.Add
 		IfNamePrefix:     cfg.IfNamePrefix,
 		MaxTokenLifetime: cfg.MaxTokenLifetime,
 		MTU:              cfg.MTU,
+		VLANID:           uint16(min(cfg.VLANID, 0xffff)),
 		Logger:           log,
 	})
 	if err != nil {

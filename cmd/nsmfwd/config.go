@@ -29,5 +29,6 @@ type Config struct {
 	PrometheusListen string            `env:"NSM_PROMETHEUS_LISTEN_ON" default:":8081" desc:"host:port of the /metrics endpoint when PROMETHEUS=true"`
 	TunnelIP         string            `env:"NSM_TUNNEL_IP" default:"" desc:"this node's tunnel end for REMOTE mechanisms (VXLAN, kernel dataplane): an address, none (REMOTE mechanisms off), or empty for the first global address of the default route's interface"`
 	VXLANPort        uint32            `env:"NSM_VXLAN_PORT" default:"4789" desc:"UDP port of VXLAN tunnels; the kernel dataplane uses it at both ends"`
+	DeviceSelector   string            `env:"NSM_DEVICE_SELECTOR_FILE" default:"" desc:"YAML mapping host interfaces to the via label of VLAN connections (cmd-forwarder-vpp's format, see deployments/); without it VLAN is not offered"`
 	MechanismPrio    []string          `env:"NSM_MECHANISM_PRIORITY" default:"" desc:"mechanism types to prefer, in order (e.g. VXLAN,KERNEL), over the caller's order and over the order the forwarder offers them to the next hop"`
 }

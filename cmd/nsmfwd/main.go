@@ -106,13 +106,18 @@ func newDataplane(ctx context.Context, cfg Config, log *slog.Logger) (forwarder.
 		} else {
 			log.InfoContext(ctx, "no tunnel address: REMOTE mechanisms off (NSM_TUNNEL_IP)")
 		}
+		vlans, err := loadDeviceSelector(cfg.DeviceSelector)
+		if err != nil {
+			return nil, err
+		}
 		return kernel.New(ctx, kernel.Options{
-			Name:      cfg.Name,
-			PinDir:    cfg.BPFPinDir,
-			Attach:    cfg.TCAttach,
-			TunnelIP:  tip,
-			VXLANPort: uint16(cfg.VXLANPort),
-			Logger:    log.With("dataplane", "kernel"),
+			Name:        cfg.Name,
+			PinDir:      cfg.BPFPinDir,
+			Attach:      cfg.TCAttach,
+			TunnelIP:    tip,
+			VXLANPort:   uint16(cfg.VXLANPort),
+			VLANDevices: vlans,
+			Logger:      log.With("dataplane", "kernel"),
 		})
 	case "vpp":
 		return newVPPDataplane(ctx, cfg, log)

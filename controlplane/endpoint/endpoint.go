@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -75,6 +76,11 @@ type Options struct {
 	// MTU, when not zero, is set in the connection context if the request
 	// leaves it zero.
 	MTU uint32
+	// VLANID, when set (1-4094), makes this a remote-VLAN endpoint, as NSM's
+	// nse-remote-vlan: it stands for that VLAN of the physical network,
+	// selects the forwarder's VLAN mechanism with this vlan-id and has no
+	// interface or namespace of its own.
+	VLANID uint16
 	// Logger receives one line per Request, Close and expiry. Default: discard.
 	Logger *slog.Logger
 }
@@ -90,6 +96,7 @@ type Endpoint struct {
 	prefix    string
 	lifetime  time.Duration
 	mtu       uint32
+	vlan      uint16
 	log       *slog.Logger
 
 	mu       sync.Mutex
@@ -117,6 +124,7 @@ func New(opts Options) (*Endpoint, error) {
 		prefix:   opts.IfNamePrefix,
 		lifetime: opts.MaxTokenLifetime,
 		mtu:      opts.MTU,
+		vlan:     opts.VLANID,
 		log:      opts.Logger,
 		leases:   make(map[string]*lease),
 	}
@@ -142,7 +150,10 @@ func New(opts Options) (*Endpoint, error) {
 		e.services = append(e.services, opts.NetworkService)
 	}
 	e.services = append(e.services, opts.NetworkServices...)
-	if e.netnsURL == "" {
+	if e.vlan > 4094 {
+		return nil, fmt.Errorf("endpoint: VLAN id %d is not 1-4094", e.vlan)
+	}
+	if e.netnsURL == "" && e.vlan == 0 {
 		u, err := SelfNetNSURL()
 		if err != nil {
 			return nil, fmt.Errorf("endpoint: %w", err)
@@ -150,7 +161,7 @@ func New(opts Options) (*Endpoint, error) {
 		e.netnsURL = u
 		e.netnsPath = selfNetNS
 	}
-	if _, err := forwarder.ParseNetNSURL(e.netnsURL); err != nil {
+	if _, err := forwarder.ParseNetNSURL(e.netnsURL); err != nil && e.vlan == 0 {
 		return nil, fmt.Errorf("endpoint: %w", err)
 	}
 	var have4, have6 bool
@@ -318,6 +329,9 @@ func (e *Endpoint) Close(ctx context.Context, conn *networkservice.Connection) (
 // refresh) or takes the first KERNEL preference, and fills in the
 // endpoint's namespace and interface name.
 func (e *Endpoint) selectMechanism(conn *networkservice.Connection, prefs []*networkservice.Mechanism) (*networkservice.Mechanism, error) {
+	if e.vlan != 0 {
+		return e.selectVLAN(prefs)
+	}
 	var m *networkservice.Mechanism
 	if cur := conn.GetMechanism(); cur.GetType() == forwarder.MechanismKernel {
 		m = cur.Clone()
@@ -348,6 +362,25 @@ func (e *Endpoint) selectMechanism(conn *networkservice.Connection, prefs []*net
 		return nil, &forwarder.Error{Code: forwarder.CodeInvalidArgument, Field: "mechanism.parameters." + forwarder.ParamIfName, Err: err}
 	}
 	return m, nil
+}
+
+// selectVLAN takes the forwarder's VLAN preference and gives it our VLAN id.
+func (e *Endpoint) selectVLAN(prefs []*networkservice.Mechanism) (*networkservice.Mechanism, error) {
+	types := make([]string, 0, len(prefs))
+	for _, p := range prefs {
+		if p.GetType() == forwarder.MechanismVLAN {
+			m := p.Clone()
+			m.Cls = forwarder.ClsRemote
+			if m.Parameters == nil {
+				m.Parameters = make(map[string]string)
+			}
+			m.Parameters[forwarder.ParamVLANID] = strconv.Itoa(int(e.vlan))
+			return m, nil
+		}
+		types = append(types, p.GetType())
+	}
+	return nil, forwarder.Errorf(forwarder.CodeInvalidArgument, "mechanism_preferences",
+		"no %s mechanism among %q", forwarder.MechanismVLAN, types)
 }
 
 // ifName derives a stable interface name from the connection id.

@@ -50,6 +50,10 @@ type Options struct {
 	// VXLANPort is the UDP port VXLAN tunnels use at both ends (default
 	// 4789).
 	VXLANPort uint16
+	// VLANDevices maps a connection's "via" label to the host device its
+	// VLAN side leaves by (NSM_DEVICE_SELECTOR_FILE); without any, VLAN
+	// is not offered.
+	VLANDevices map[string]string
 	// Logger receives the dataplane's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -155,11 +159,15 @@ func (d *Dataplane) Name() string { return "kernel" }
 
 // Mechanisms implements forwarder.Dataplane: KERNEL on both sides, and
 // VXLAN when the dataplane has a tunnel address.
-func (d *Dataplane) Mechanisms(forwarder.SideKind) []string {
+func (d *Dataplane) Mechanisms(side forwarder.SideKind) []string {
+	out := []string{forwarder.MechanismKernel}
 	if d.remote() {
-		return []string{forwarder.MechanismKernel, forwarder.MechanismVXLAN}
+		out = append(out, forwarder.MechanismVXLAN)
 	}
-	return []string{forwarder.MechanismKernel}
+	if side == forwarder.SideEndpoint && len(d.opts.VLANDevices) > 0 {
+		out = append(out, forwarder.MechanismVLAN)
+	}
+	return out
 }
 
 // Ready reports whether bpffs is usable and the program loads.
@@ -198,6 +206,8 @@ func (d *Dataplane) Check(_ context.Context, id string, side forwarder.SideKind,
 		return vwire.CheckKernelName(d.opts.Name, id, side, m)
 	case forwarder.MechanismVXLAN:
 		return d.checkVXLAN(side, m)
+	case forwarder.MechanismVLAN:
+		return d.checkVLAN(side, m)
 	}
 	return forwarder.Errorf(forwarder.CodeInvalidArgument, strings.TrimSuffix(vwire.ParamsField(side), "parameters.")+"type", "mechanism %q is not one of %v", m.Type, d.Mechanisms(side))
 }
@@ -231,6 +241,8 @@ func (d *Dataplane) connect(ctx context.Context, c *Conn, adopt bool) (changed b
 		}
 	}()
 	tunnel := [2]bool{}
+	bridged := false // the endpoint side is a VLAN on a trunk
+	var dom vlanDomain
 	for i, s := range sides {
 		s.HostName = vwire.HostIfName(d.opts.Name, c.ID, s.Kind)
 		s.Alias = vwire.LinkAlias(d.opts.Name, c.ID, s.Kind)
@@ -238,6 +250,19 @@ func (d *Dataplane) connect(ctx context.Context, c *Conn, adopt bool) (changed b
 		case forwarder.MechanismKernel:
 		case forwarder.MechanismVXLAN:
 			tunnel[i] = true // ensureVXLAN checks its parameters
+			continue
+		case forwarder.MechanismVLAN:
+			if s.Kind != forwarder.SideEndpoint {
+				return false, d.checkVLAN(s.Kind, s.Side.Mechanism)
+			}
+			if tunnel[0] {
+				return false, forwarder.Errorf(forwarder.CodeInvalidArgument, strings.TrimSuffix(vwire.ParamsField(s.Kind), "parameters.")+"type",
+					"a VLAN endpoint side needs a KERNEL client side, not %s", c.Client.Mechanism.Type)
+			}
+			if dom, err = d.vlanTarget(c); err != nil {
+				return false, err
+			}
+			bridged = true
 			continue
 		default:
 			return false, forwarder.Errorf(forwarder.CodeInvalidArgument, strings.TrimSuffix(vwire.ParamsField(s.Kind), "parameters.")+"type",
@@ -282,7 +307,7 @@ func (d *Dataplane) connect(ctx context.Context, c *Conn, adopt bool) (changed b
 			}
 		}
 		if installed {
-			errs = append(errs, xconnect.Remove(d.xopts(pinDir)))
+			errs = append(errs, d.removeXConnect(pinDir))
 		}
 		if rerr := errors.Join(errs...); rerr != nil {
 			log.ErrorContext(rctx, "connect rollback incomplete", "error", rerr)
@@ -304,8 +329,17 @@ func (d *Dataplane) connect(ctx context.Context, c *Conn, adopt bool) (changed b
 			reinstall = true
 		}
 	}
+	var trunk netlink.Link
+	if bridged {
+		if trunk, err = d.trunk(dom); err != nil {
+			return false, err
+		}
+		if mtu := uint32(trunk.Attrs().MTU); c.MTU == 0 || c.MTU > mtu {
+			c.MTU = mtu
+		}
+	}
 	for i, s := range sides {
-		if tunnel[i] {
+		if tunnel[i] || (bridged && i == 1) {
 			continue
 		}
 		if err := s.EnsurePair(d.host, c.MTU); err != nil {
@@ -328,6 +362,11 @@ func (d *Dataplane) connect(ctx context.Context, c *Conn, adopt bool) (changed b
 	// Toward a veth whose peer is in another namespace the program enters
 	// it directly; toward a tunnel it sends out through the device, whose
 	// own address stands for the far side in IP mode.
+	if bridged {
+		// The trunk stands in for the endpoint's node end.
+		sides[1].Host = trunk
+		tunnel[1] = true
+	}
 	mac := func(i int) net.HardwareAddr {
 		if tunnel[i] {
 			return sides[i].Host.Attrs().HardwareAddr
@@ -342,6 +381,11 @@ func (d *Dataplane) connect(ctx context.Context, c *Conn, adopt bool) (changed b
 		IPMode:          ipMode,
 		ClientMAC:       mac(0),
 		EndpointMAC:     mac(1),
+		EndpointVLAN:    dom.vid,
+	}
+	xo := d.xopts(pinDir)
+	if bridged {
+		xo.SharedIfindex = cfg.EndpointIfindex
 	}
 	if !reinstall {
 		x, oerr := xconnect.Open(pinDir)
@@ -357,7 +401,7 @@ func (d *Dataplane) connect(ctx context.Context, c *Conn, adopt bool) (changed b
 		}
 	}
 	if reinstall {
-		x, err := xconnect.Install(xconnect.Options{PinDir: pinDir, Mode: d.mode, HostNS: d.xopts(pinDir).HostNS}, cfg)
+		x, err := xconnect.Install(xo, cfg)
 		if err != nil {
 			return changed, fmt.Errorf("connect: %w", err)
 		}
@@ -406,7 +450,7 @@ func (d *Dataplane) remove(_ context.Context, id string) error {
 	if err := d.deleter.delete(links...); err != nil {
 		errs = append(errs, fmt.Errorf("disconnect: %w", err))
 	}
-	errs = append(errs, xconnect.Remove(d.xopts(connPinDir(d.opts.PinDir, d.opts.Name, id))))
+	errs = append(errs, d.removeXConnect(connPinDir(d.opts.PinDir, d.opts.Name, id)))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("disconnect %q: %w", id, err)
 	}
@@ -484,7 +528,7 @@ func (d *Dataplane) Reconcile(ctx context.Context, wanted []*forwarder.Conn) (fo
 	}
 	// Pin directories without links: the id may be unreadable (hashed).
 	for dir := range dirs {
-		if err := xconnect.Remove(d.xopts(filepath.Join(root, dir))); err != nil {
+		if err := d.removeXConnect(filepath.Join(root, dir)); err != nil {
 			errs = append(errs, err)
 		} else {
 			res.Removed = append(res.Removed, dir)

@@ -26,6 +26,11 @@ func (d *Dataplane) Watch(ctx context.Context, ch chan<- forwarder.Death) error 
 // Alive implements forwarder.Watcher: a side is alive while its node-side
 // veth end exists with our alias.
 func (d *Dataplane) Alive(_ context.Context, c *Conn, side forwarder.SideKind) (bool, string, error) {
+	if side == forwarder.SideEndpoint && c.Endpoint.Mechanism.Type == forwarder.MechanismVLAN {
+		// The physical network has no namespace to die; the domain is
+		// rebuilt by the next refresh if someone removed it.
+		return true, "", nil
+	}
 	return vwire.HostEndAlive(d.host, d.opts.Name, c, side)
 }
 

@@ -9,6 +9,12 @@
 // versa. Toward a veth, bpf_redirect_peer makes the packet enter the target
 // namespace's ingress directly, never touching host routing or bridging;
 // toward a tunnel device, bpf_redirect sends it out through the device.
+//
+// With endpoint_vlan set, the endpoint side is a VLAN on a trunk device that
+// other connections share: toward it the program adds the 802.1Q tag; on
+// the trunk's ingress it takes only frames of its VLAN for its client
+// (unicast to the client's MAC, or a copy of broadcast and multicast) and
+// passes everything else on to the next connection's program.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -22,6 +28,7 @@ volatile const __u32 endpoint_ifindex; // host end of the endpoint pair
 volatile const __u8 peer_to_client;    // toward the client: 1 bpf_redirect_peer, 0 bpf_redirect
 volatile const __u8 peer_to_endpoint;  // toward the endpoint: the same
 volatile const __u8 ip_mode;           // 1: IP payload: rewrite MACs, drop non-IP
+volatile const __u16 endpoint_vlan;    // 1-4094: the endpoint side is this VLAN on a shared trunk
 volatile const __u8 client_mac[ETH_ALEN];   // MAC of the client's in-namespace interface
 volatile const __u8 endpoint_mac[ETH_ALEN]; // MAC of the endpoint's in-namespace interface
 
@@ -56,6 +63,32 @@ static __always_inline void set_macs(struct ethhdr *eth, volatile const __u8 *ds
 	}
 }
 
+static __always_inline int mac_is_client(const __u8 *mac)
+{
+#pragma unroll
+	for (int i = 0; i < ETH_ALEN; i++)
+		if (mac[i] != client_mac[i])
+			return 0;
+	return 1;
+}
+
+// vlan_filter returns TC_ACT_OK for a trunk frame this connection takes and
+// TC_ACT_UNSPEC (next program) for any other.
+static __always_inline int vlan_filter(struct __sk_buff *skb)
+{
+	if (!skb->vlan_present || (skb->vlan_tci & 0x0fff) != endpoint_vlan)
+		return TC_ACT_UNSPEC;
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return TC_ACT_UNSPEC;
+	if (!(eth->h_dest[0] & 1) && !mac_is_client(eth->h_dest))
+		return TC_ACT_UNSPEC;
+	return TC_ACT_OK;
+}
+
 SEC("tc")
 int xconnect(struct __sk_buff *skb)
 {
@@ -70,6 +103,11 @@ int xconnect(struct __sk_buff *skb)
 		dst = endpoint_mac;
 		src = client_mac;
 	} else if (skb->ifindex == endpoint_ifindex) {
+		if (endpoint_vlan) {
+			int r = vlan_filter(skb);
+			if (r != TC_ACT_OK)
+				return r;
+		}
 		dir = 1;
 		target = client_ifindex;
 		peer = peer_to_client;
@@ -91,6 +129,32 @@ int xconnect(struct __sk_buff *skb)
 		if (eth->h_proto != bpf_htons(ETH_P_IP) && eth->h_proto != bpf_htons(ETH_P_IPV6))
 			return drop(c);
 		set_macs(eth, dst, src);
+	}
+
+	if (endpoint_vlan && dir == 0 && bpf_skb_vlan_push(skb, bpf_htons(ETH_P_8021Q), endpoint_vlan))
+		return drop(c);
+	if (endpoint_vlan && dir == 1) {
+		__u32 tci = skb->vlan_tci;
+		void *data = (void *)(long)skb->data;
+		void *data_end = (void *)(long)skb->data_end;
+		struct ethhdr *eth = data;
+
+		if ((void *)(eth + 1) > data_end)
+			return drop(c);
+		int group = eth->h_dest[0] & 1;
+
+		if (bpf_skb_vlan_pop(skb))
+			return drop(c);
+		if (group) {
+			// A copy for our client; the frame, tagged again, goes on
+			// to the other connections of the VLAN.
+			if (bpf_clone_redirect(skb, target, 0) == 0 && c) {
+				c->packets++;
+				c->bytes += skb->len;
+			}
+			bpf_skb_vlan_push(skb, bpf_htons(ETH_P_8021Q), tci);
+			return TC_ACT_UNSPEC;
+		}
 	}
 
 	long ret;

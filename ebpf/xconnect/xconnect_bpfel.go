@@ -80,6 +80,7 @@ type xconnectVariableSpecs struct {
 	ClientMac       *ebpf.VariableSpec `ebpf:"client_mac"`
 	EndpointIfindex *ebpf.VariableSpec `ebpf:"endpoint_ifindex"`
 	EndpointMac     *ebpf.VariableSpec `ebpf:"endpoint_mac"`
+	EndpointVlan    *ebpf.VariableSpec `ebpf:"endpoint_vlan"`
 	IpMode          *ebpf.VariableSpec `ebpf:"ip_mode"`
 	PeerToClient    *ebpf.VariableSpec `ebpf:"peer_to_client"`
 	PeerToEndpoint  *ebpf.VariableSpec `ebpf:"peer_to_endpoint"`
@@ -122,6 +123,7 @@ type xconnectVariables struct {
 	ClientMac       *ebpf.Variable `ebpf:"client_mac"`
 	EndpointIfindex *ebpf.Variable `ebpf:"endpoint_ifindex"`
 	EndpointMac     *ebpf.Variable `ebpf:"endpoint_mac"`
+	EndpointVlan    *ebpf.Variable `ebpf:"endpoint_vlan"`
 	IpMode          *ebpf.Variable `ebpf:"ip_mode"`
 	PeerToClient    *ebpf.Variable `ebpf:"peer_to_client"`
 	PeerToEndpoint  *ebpf.Variable `ebpf:"peer_to_endpoint"`

@@ -3,6 +3,7 @@ package xconnect
 import (
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io/fs"
 	"net"
 	"os"
@@ -66,6 +67,12 @@ type Config struct {
 	IPMode bool
 	// ClientMAC and EndpointMAC are the in-namespace interfaces' addresses.
 	ClientMAC, EndpointMAC net.HardwareAddr
+	// EndpointVLAN (1-4094), when set, makes EndpointIfindex a VLAN trunk
+	// shared with other connections (Options.SharedIfindex): frames toward
+	// it get this 802.1Q tag, and on its ingress the program takes only
+	// this VLAN's frames for ClientMAC (a copy of broadcast and multicast)
+	// and hands the others to the next program.
+	EndpointVLAN uint16
 }
 
 // Options say where the program is pinned and attached.
@@ -77,6 +84,10 @@ type Options struct {
 	// HostNS is the namespace of the host ends. A closed handle (netns.None())
 	// means the calling thread's namespace.
 	HostNS netns.NsHandle
+	// SharedIfindex is a device other connections attach to as well (a
+	// VLAN trunk): there the tc filter is this connection's own (name and
+	// handle derived from PinDir) and Remove deletes only it.
+	SharedIfindex int
 }
 
 // XConnect is a loaded cross-connect: its program, counters and, in ModeTCX,
@@ -103,6 +114,7 @@ func Spec(cfg Config) (*ebpf.CollectionSpec, error) {
 		"peer_to_client":   boolByte(cfg.PeerClient),
 		"peer_to_endpoint": boolByte(cfg.PeerEndpoint),
 		"ip_mode":          boolByte(cfg.IPMode),
+		"endpoint_vlan":    cfg.EndpointVLAN,
 		"client_mac":       cmac,
 		"endpoint_mac":     emac,
 	}
@@ -234,6 +246,14 @@ func ingressFilter(ifindex int) netlink.FilterAttrs {
 	}
 }
 
+// sharedFilter is the handle and name of a connection's filter on a shared
+// device: derived from its pin directory, so a restarted forwarder finds it.
+func sharedFilter(pinDir string) (handle uint32, name string) {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(pinDir))
+	return h.Sum32()%0xfffffff0 + 2, FilterName + ":" + filepath.Base(pinDir)
+}
+
 func (x *XConnect) attachTC(opts Options, cfg Config) error {
 	h, err := nlHandle(opts.HostNS)
 	if err != nil {
@@ -248,7 +268,11 @@ func (x *XConnect) attachTC(opts Options, cfg Config) error {
 		if err := h.QdiscReplace(q); err != nil {
 			return fmt.Errorf("xconnect clsact on ifindex %d: %w", ifindex, err)
 		}
-		f := &netlink.BpfFilter{FilterAttrs: ingressFilter(ifindex), Fd: x.Prog.FD(), Name: FilterName, DirectAction: true}
+		attrs, name := ingressFilter(ifindex), FilterName
+		if ifindex == opts.SharedIfindex {
+			attrs.Handle, name = sharedFilter(opts.PinDir)
+		}
+		f := &netlink.BpfFilter{FilterAttrs: attrs, Fd: x.Prog.FD(), Name: name, DirectAction: true}
 		if err := h.FilterReplace(f); err != nil {
 			return fmt.Errorf("xconnect tc filter on ifindex %d: %w", ifindex, err)
 		}
@@ -389,7 +413,7 @@ func Remove(opts Options, ifindexes ...int) error {
 		}
 	}
 	if len(ifindexes) > 0 {
-		errs = append(errs, removeFilters(opts.HostNS, ifindexes))
+		errs = append(errs, removeFilters(opts, ifindexes))
 	}
 	if err := os.RemoveAll(opts.PinDir); err != nil {
 		errs = append(errs, fmt.Errorf("xconnect remove pins: %w", err))
@@ -397,8 +421,8 @@ func Remove(opts Options, ifindexes ...int) error {
 	return errors.Join(errs...)
 }
 
-func removeFilters(ns netns.NsHandle, ifindexes []int) error {
-	h, err := nlHandle(ns)
+func removeFilters(opts Options, ifindexes []int) error {
+	h, err := nlHandle(opts.HostNS)
 	if err != nil {
 		return err
 	}
@@ -419,8 +443,12 @@ func removeFilters(ns netns.NsHandle, ifindexes []int) error {
 			}
 			continue
 		}
+		name := FilterName
+		if ifindex == opts.SharedIfindex {
+			_, name = sharedFilter(opts.PinDir)
+		}
 		for _, f := range filters {
-			if bf, ok := f.(*netlink.BpfFilter); ok && bf.Name == FilterName {
+			if bf, ok := f.(*netlink.BpfFilter); ok && bf.Name == name {
 				if err := h.FilterDel(f); err != nil && !errors.Is(err, unix.ENOENT) {
 					errs = append(errs, fmt.Errorf("xconnect delete filter on %s: %w", l.Attrs().Name, err))
 				}

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -10,6 +12,8 @@ import (
 	"time"
 
 	"github.com/nsmfwd/nsmfwd/controlplane/nsc"
+	"github.com/nsmfwd/nsmfwd/ebpf/kernel"
+	"github.com/nsmfwd/nsmfwd/forwarder"
 	"github.com/nsmfwd/nsmfwd/internal/netns/nstest"
 )
 
@@ -109,5 +113,95 @@ func TestCrossNodeVXLAN(t *testing.T) {
 	}
 	if got := nstest.BPFProgIDs(t); !slices.Equal(sorted(got), sorted(progsBefore)) {
 		t.Fatalf("BPF programs left after Close: %v -> %v", progsBefore, got)
+	}
+}
+
+// TestRemoteVLAN: a remote-VLAN endpoint (nse with NSM_VLAN_ID) stands for
+// VLAN 100 of the physical network, which the node reaches by phys0
+// (NSM_DEVICE_SELECTOR_FILE maps via=gw1 to it). Beyond phys0, a "switch"
+// namespace holds the VLAN's gateway, put there by a kernel dataplane of
+// its own. The client, asking with via=gw1, pings the gateway; Close
+// leaves nothing on the node.
+func TestRemoteVLAN(t *testing.T) {
+	w := newWorld(t, "e2ev")
+	sw, swPath := nstest.New(t)
+	_, gwPath := nstest.New(t)
+	progsBefore := nstest.BPFProgIDs(t)
+	for _, args := range [][]string{
+		{"ip", "-n", w.node, "link", "add", "phys0", "type", "veth", "peer", "name", "phys0", "netns", sw},
+		{"ip", "-n", w.node, "link", "set", "phys0", "up"},
+		{"ip", "-n", sw, "link", "set", "phys0", "up"},
+	} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+	}
+	selector := filepath.Join(w.dir, "devices.yaml")
+	if err := os.WriteFile(selector, []byte("interfaces:\n  - name: phys0\n    matches:\n      - labelSelector:\n          - via: gw1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w.startNSE("NSM_SERVICE_NAMES=vlan100", "NSM_CIDR_PREFIX=172.31.0.0/24", "NSM_VLAN_ID=100")
+	w.fwdEnv = []string{"NSM_DEVICE_SELECTOR_FILE=" + selector}
+	w.startForwarder()
+	_, client := w.dialForwarder()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := nsc.Request(ctx, client, nsc.RequestOptions{NetworkService: "vlan100", NetNSURL: nsc.NetNSURLFromPath(w.clientPath), IfName: "nsm0", Labels: map[string]string{"via": "gw1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The VLAN's gateway, beyond the trunk: the endpoint's address, tagged
+	// by the switch's own dataplane.
+	swName := w.name + "-sw"
+	t.Cleanup(func() { _ = os.RemoveAll(filepath.Join("/sys/fs/bpf/nsmfwd-e2e", swName)) })
+	sd, err := kernel.New(ctx, kernel.Options{Name: swName, HostNetNS: swPath, PinDir: "/sys/fs/bpf/nsmfwd-e2e", VLANDevices: map[string]string{"gw1": "phys0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sd.Close()
+	ipc := conn.GetContext().GetIpContext()
+	gwConn := &forwarder.Conn{ID: "gateway", Payload: forwarder.PayloadEthernet, Labels: map[string]string{"via": "gw1"},
+		Client: forwarder.Side{
+			Mechanism: forwarder.Mechanism{Type: forwarder.MechanismKernel, Params: map[string]string{forwarder.ParamNetNSURL: "file://" + gwPath, forwarder.ParamIfName: "gw0"}},
+			IP: forwarder.IPConfig{
+				Addrs:  []netip.Prefix{netip.MustParsePrefix(ipc.GetDstIpAddrs()[0])},
+				Routes: []forwarder.Route{{Prefix: netip.MustParsePrefix(ipc.GetSrcIpAddrs()[0])}},
+			},
+		},
+		Endpoint: forwarder.Side{Mechanism: forwarder.Mechanism{Type: forwarder.MechanismVLAN, Params: map[string]string{forwarder.ParamVLANID: "100"}}},
+	}
+	if err := sd.Connect(ctx, gwConn); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sd.Disconnect(context.Background(), "gateway") }()
+	if err := w.ping(w.client, epAddr(conn)); err != nil {
+		t.Fatal(err)
+	}
+
+	if conn, err = nsc.Refresh(ctx, client, conn, time.Minute); err != nil {
+		t.Fatalf("refresh: %v", err)
+	}
+	if err := w.ping(w.client, epAddr(conn)); err != nil {
+		t.Fatalf("after refresh: %v", err)
+	}
+	if err := nsc.Close(ctx, client, conn); err != nil {
+		t.Fatal(err)
+	}
+	if got := nstest.Links(t, w.nodePath); !slices.Equal(got, []string{"lo", "phys0"}) {
+		t.Fatalf("node links left: %v", got)
+	}
+	if out, _ := exec.Command("tc", "-n", w.node, "filter", "show", "dev", "phys0", "ingress").CombinedOutput(); len(out) != 0 {
+		t.Fatalf("filters left on the node's phys0:\n%s", out)
+	}
+	if err := sd.Disconnect(ctx, "gateway"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !slices.Equal(sorted(nstest.BPFProgIDs(t)), sorted(progsBefore)) && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got := nstest.BPFProgIDs(t); !slices.Equal(sorted(got), sorted(progsBefore)) {
+		t.Fatalf("BPF programs left: %v -> %v", progsBefore, got)
 	}
 }
