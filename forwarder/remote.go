@@ -12,8 +12,9 @@ import (
 // that sent the Request (the client's node) and dst_* that of the
 // forwarder that serves it (the endpoint's node).
 const (
-	MechanismVXLAN = "VXLAN"
-	MechanismVLAN  = "VLAN"
+	MechanismVXLAN     = "VXLAN"
+	MechanismVLAN      = "VLAN"
+	MechanismWireGuard = "WIREGUARD"
 
 	ParamSrcIP   = "src_ip"
 	ParamDstIP   = "dst_ip"

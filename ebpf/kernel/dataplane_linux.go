@@ -208,6 +208,8 @@ func (d *Dataplane) Check(_ context.Context, id string, side forwarder.SideKind,
 		return d.checkVXLAN(side, m)
 	case forwarder.MechanismVLAN:
 		return d.checkVLAN(side, m)
+	case forwarder.MechanismWireGuard:
+		return errNoWireGuard(side)
 	}
 	return forwarder.Errorf(forwarder.CodeInvalidArgument, strings.TrimSuffix(vwire.ParamsField(side), "parameters.")+"type", "mechanism %q is not one of %v", m.Type, d.Mechanisms(side))
 }
@@ -264,6 +266,8 @@ func (d *Dataplane) connect(ctx context.Context, c *Conn, adopt bool) (changed b
 			}
 			bridged = true
 			continue
+		case forwarder.MechanismWireGuard:
+			return false, errNoWireGuard(s.Kind)
 		default:
 			return false, forwarder.Errorf(forwarder.CodeInvalidArgument, strings.TrimSuffix(vwire.ParamsField(s.Kind), "parameters.")+"type",
 				"mechanism %q is not one of %v", s.Side.Mechanism.Type, d.Mechanisms(s.Kind))

@@ -253,3 +253,10 @@ func (d *Dataplane) allocVNI(src, dst netip.Addr) (uint32, error) {
 	}
 	return 0, forwarder.Errorf(forwarder.CodeResourceExhausted, "", "no free VNI on port %d", d.opts.VXLANPort)
 }
+
+// errNoWireGuard declines WIREGUARD: the kernel dataplane builds no
+// WireGuard tunnels (the VPP dataplane's wireguard plugin does).
+func errNoWireGuard(side forwarder.SideKind) error {
+	return forwarder.Errorf(forwarder.CodeInvalidArgument, strings.TrimSuffix(vwire.ParamsField(side), "parameters.")+"type",
+		"the kernel dataplane does not build %s tunnels; use VXLAN, or the VPP dataplane for WireGuard", forwarder.MechanismWireGuard)
+}

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 
@@ -227,6 +228,19 @@ func TestVXLANBadInput(t *testing.T) {
 				t.Errorf("links left on node B: %v", got)
 			}
 		})
+	}
+	// WireGuard is declined, on either side, with a clear error.
+	wg := forwarder.Mechanism{Cls: forwarder.ClsRemote, Type: forwarder.MechanismWireGuard, Params: map[string]string{forwarder.ParamSrcIP: "192.0.2.1"}}
+	for _, side := range []forwarder.SideKind{forwarder.SideClient, forwarder.SideEndpoint} {
+		err := n.db.Check(context.Background(), "wg", side, wg)
+		if fe, ok := errors.AsType[*forwarder.Error](err); !ok || fe.Code != forwarder.CodeInvalidArgument || !strings.Contains(err.Error(), "does not build WIREGUARD") {
+			t.Fatalf("WireGuard on the %s side: %v", side, err)
+		}
+	}
+	c := newConn(t, "wg", forwarder.PayloadIP, newPeer(t), newPeer(t))
+	c.Endpoint.Mechanism = wg
+	if err := n.db.Connect(context.Background(), c); err == nil || !strings.Contains(err.Error(), "does not build WIREGUARD") {
+		t.Fatalf("Connect with WireGuard: %v", err)
 	}
 	// Without a tunnel address the kernel dataplane offers and accepts no VXLAN.
 	d := newEnv(t).dataplane("")

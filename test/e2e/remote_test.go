@@ -11,6 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/networkservicemesh/api/pkg/api/networkservice"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
 	"github.com/nsmfwd/nsmfwd/controlplane/nsc"
 	"github.com/nsmfwd/nsmfwd/ebpf/kernel"
 	"github.com/nsmfwd/nsmfwd/forwarder"
@@ -100,6 +104,34 @@ func TestCrossNodeVXLAN(t *testing.T) {
 	}
 	if err := w.ping(w.client, epAddr(conn)); err != nil {
 		t.Fatalf("after refresh: %v", err)
+	}
+	if err := nsc.Close(ctx, client, conn); err != nil {
+		t.Fatal(err)
+	}
+
+	// Close on the endpoint's side first, as NSMgr there would when the
+	// client's node is gone: B removes its half, A's stays until A's own
+	// Close, which finds nothing left at B and is still fine.
+	conn, err = nsc.Request(ctx, client, nsc.RequestOptions{NetworkService: "icmp-responder", NetNSURL: nsc.NetNSURLFromPath(w.clientPath), IfName: "nsm1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ccB, err := grpc.NewClient("unix://"+sockB, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ccB.Close()
+	asA := conn.Clone() // the connection as A sent it: A's segment is the caller
+	asA.Path.Index = 1
+	asA.Id = asA.GetPath().GetPathSegments()[1].GetId()
+	if _, err := networkservice.NewNetworkServiceClient(ccB).Close(ctx, asA); err != nil {
+		t.Fatalf("Close at B: %v", err)
+	}
+	if b := vxlans(nodeBPath); len(b) != 0 {
+		t.Fatalf("node B kept %v after its Close", b)
+	}
+	if a := vxlans(w.nodePath); len(a) != 2 {
+		t.Fatalf("node A: %v, want its half still there", a)
 	}
 	if err := nsc.Close(ctx, client, conn); err != nil {
 		t.Fatal(err)
