@@ -2,8 +2,10 @@ package forwarder
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"strconv"
+	"strings"
 )
 
 // NSM's REMOTE mechanisms: type strings and parameter keys, equal to the
@@ -114,4 +116,87 @@ type Offerer interface {
 	// Offer returns the parameters to send with an offer of mechanism typ,
 	// or nil.
 	Offer(typ string) map[string]string
+}
+
+// VXLANTunnel is one forwarder's view of a VXLAN side.
+type VXLANTunnel struct {
+	Local, Remote         netip.Addr
+	LocalPort, RemotePort uint16
+	// VNI is 0 when the serving side has yet to pick it.
+	VNI uint32
+}
+
+// ParseVXLAN reads the tunnel of a VXLAN side. On the client side we serve
+// the Request (we are dst_*: dst_ip may still be empty, ours to fill); on
+// the endpoint side we sent it (we are src_*). tunnelIP and port are ours;
+// field prefixes error fields ("connection.mechanism.parameters.").
+func ParseVXLAN(side SideKind, m Mechanism, tunnelIP netip.Addr, port uint16, field string) (VXLANTunnel, error) {
+	localKey, remoteKey, portKey := ParamDstIP, ParamSrcIP, ParamSrcPort
+	if side == SideEndpoint {
+		localKey, remoteKey, portKey = ParamSrcIP, ParamDstIP, ParamDstPort
+	}
+	t := VXLANTunnel{Local: tunnelIP, LocalPort: port, RemotePort: VXLANPort}
+	if !tunnelIP.IsValid() {
+		return t, Errorf(CodeInvalidArgument, strings.TrimSuffix(field, "parameters.")+"type",
+			"mechanism %s needs a tunnel address and the forwarder has none (NSM_TUNNEL_IP)", m.Type)
+	}
+	var err error
+	if t.Remote, err = netip.ParseAddr(m.Param(remoteKey)); err != nil {
+		return t, Errorf(CodeInvalidArgument, field+remoteKey, "missing or invalid remote tunnel address %q", m.Param(remoteKey))
+	}
+	t.Remote = t.Remote.Unmap()
+	if t.Remote.Is4() != tunnelIP.Is4() {
+		return t, Errorf(CodeInvalidArgument, field+remoteKey, "remote tunnel address %s and ours (%s) are of different families", t.Remote, tunnelIP)
+	}
+	if v := m.Param(localKey); v != "" {
+		if a, perr := netip.ParseAddr(v); perr != nil || a.Unmap() != tunnelIP {
+			return t, Errorf(CodeInvalidArgument, field+localKey, "%q is not this forwarder's tunnel address %s", v, tunnelIP)
+		}
+	}
+	if v := m.Param(portKey); v != "" {
+		if t.RemotePort, err = ParsePort(v); err != nil {
+			return t, &Error{Code: CodeInvalidArgument, Field: field + portKey, Err: err}
+		}
+	}
+	if v := m.Param(ParamVNI); v != "" {
+		if t.VNI, err = ParseVNI(v); err != nil {
+			return t, &Error{Code: CodeInvalidArgument, Field: field + ParamVNI, Err: err}
+		}
+	}
+	if side == SideEndpoint && t.VNI == 0 {
+		return t, Errorf(CodeInvalidArgument, field+ParamVNI, "missing in the next hop's answer")
+	}
+	return t, nil
+}
+
+// Answer writes what the serving forwarder tells the client's: its own
+// tunnel end, the VNI and the MTU the tunnel carries (0: unknown).
+func (t VXLANTunnel) Answer(m *Mechanism, mtu uint32) {
+	if m.Params == nil {
+		m.Params = map[string]string{}
+	}
+	m.Params[ParamDstIP] = t.Local.String()
+	m.Params[ParamDstPort] = strconv.Itoa(int(t.LocalPort))
+	m.Params[ParamVNI] = strconv.FormatUint(uint64(t.VNI), 10)
+	if mtu > 0 {
+		m.Params[ParamMTU] = strconv.Itoa(int(mtu))
+	}
+}
+
+// PickVNI returns a random VNI that used does not report, following NSM's
+// parity rule: even when the client's tunnel end (src) sorts first, odd
+// otherwise, so two forwarders serving each other's Requests never pick
+// the same VNI for a pair of nodes.
+func PickVNI(src, dst netip.Addr, used func(uint32) bool) (uint32, error) {
+	odd := uint32(0)
+	if src.Compare(dst) > 0 {
+		odd = 1
+	}
+	for range 1000 {
+		vni := (rand.Uint32N(MaxVNI/2) * 2) | odd // #nosec G404 -- uniqueness, not secrecy
+		if vni != 0 && !used(vni) {
+			return vni, nil
+		}
+	}
+	return 0, Errorf(CodeResourceExhausted, "", "no free VNI")
 }

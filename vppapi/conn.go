@@ -133,6 +133,17 @@ func (c *Conn) incompatible() []string {
 	return bad
 }
 
+// Supports reports whether VPP knows every message of msgs with nsmfwd's
+// CRC (a plugin nsmfwd can do without, such as vxlan, may be missing).
+func (c *Conn) Supports(msgs ...api.Message) bool {
+	for _, m := range msgs {
+		if _, err := c.conn.GetMessageID(m); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
 // Version is VPP's version string as show version reports it.
 func (c *Conn) Version() string { return c.version }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -54,6 +55,13 @@ type Options struct {
 	MemifDir string
 	// Stats reads interface counters; nil: Stats reports zeros.
 	Stats StatsReader
+	// TunnelIP is this node's tunnel end for VXLAN (it must be the
+	// address of the uplink attached to VPP); without it, or without the
+	// vxlan plugin, VXLAN is not offered.
+	TunnelIP netip.Addr
+	// VXLANPort is the UDP port VPP's VXLAN tunnels listen on (default
+	// 4789); the peer's may differ.
+	VXLANPort uint16
 	// Logger receives the dataplane's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -72,6 +80,8 @@ type Dataplane struct {
 	hostNS netns.NsHandle
 	host   *netlink.Handle
 	locks  keyed.Mutex
+
+	vniMu sync.Mutex // VNI choice and VXLAN tunnel creation
 
 	mu   sync.RWMutex
 	conn *Conn
@@ -103,6 +113,10 @@ func New(_ context.Context, opts Options) (*Dataplane, error) {
 	if opts.MemifDir == "" {
 		opts.MemifDir = DefaultMemifDir
 	}
+	if opts.VXLANPort == 0 {
+		opts.VXLANPort = forwarder.VXLANPort
+	}
+	opts.TunnelIP = opts.TunnelIP.Unmap()
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -118,8 +132,12 @@ func New(_ context.Context, opts Options) (*Dataplane, error) {
 // Name implements forwarder.Dataplane.
 func (d *Dataplane) Name() string { return "vpp" }
 
-// Mechanisms implements forwarder.Dataplane.
+// Mechanisms implements forwarder.Dataplane: KERNEL and MEMIF, and VXLAN
+// when the dataplane has a tunnel address and VPP the vxlan plugin.
 func (d *Dataplane) Mechanisms(forwarder.SideKind) []string {
+	if d.remote() {
+		return []string{forwarder.MechanismKernel, MechanismMemif, forwarder.MechanismVXLAN}
+	}
 	return []string{forwarder.MechanismKernel, MechanismMemif}
 }
 
@@ -165,6 +183,9 @@ func (d *Dataplane) Check(_ context.Context, id string, side forwarder.SideKind,
 		return vwire.CheckKernelName(d.opts.Name, id, side, m)
 	case MechanismMemif:
 		return nil
+	case forwarder.MechanismVXLAN:
+		_, err := forwarder.ParseVXLAN(side, m, d.opts.TunnelIP, d.opts.VXLANPort, vwire.ParamsField(side))
+		return err
 	}
 	f := vwire.ParamsField(side)
 	return forwarder.Errorf(forwarder.CodeInvalidArgument, strings.TrimSuffix(f, "parameters.")+"type",
@@ -248,7 +269,12 @@ func (d *Dataplane) connect(ctx context.Context, vc *Conn, c *forwarder.Conn, fo
 		}
 	}()
 
-	for _, s := range sides {
+	// A tunnel side first: it lowers the MTU the other side is built with.
+	order := sides
+	if c.Endpoint.Mechanism.Type == forwarder.MechanismVXLAN {
+		order = []*side{sides[1], sides[0]}
+	}
+	for _, s := range order {
 		i := sideIndex(s.kind)
 		s.vif, s.sock = st.ifs[i], st.sock[i]
 		tag := ifTag(d.opts.Name, c.ID, s.kind)
@@ -262,6 +288,8 @@ func (d *Dataplane) connect(ctx context.Context, vc *Conn, c *forwarder.Conn, fo
 			err = d.kernelSide(ctx, vc, c, s, tag, ipMode)
 		case MechanismMemif:
 			err = d.memifSide(ctx, vc, c, s, tag, ipMode)
+		case forwarder.MechanismVXLAN:
+			err = d.vxlanSide(ctx, vc, c, s, tag, ipMode)
 		default:
 			f := vwire.ParamsField(s.kind)
 			err = forwarder.Errorf(forwarder.CodeInvalidArgument, strings.TrimSuffix(f, "parameters.")+"type",

@@ -179,7 +179,7 @@ func setUp(ctx context.Context, c *Conn, idx interface_types.InterfaceIndex) err
 // deleteIf removes a VPP interface nsmfwd created, by its device type.
 func deleteIf(ctx context.Context, c *Conn, v vppIf) error {
 	var req, rep api.Message
-	switch strings.ReplaceAll(v.devType, "-", "_") {
+	switch strings.ToLower(strings.ReplaceAll(v.devType, "-", "_")) {
 	case "af_packet":
 		req, rep = &af_packet.AfPacketDelete{HostIfName: strings.TrimPrefix(v.name, "host-")}, &af_packet.AfPacketDeleteReply{}
 	case "af_xdp":
@@ -188,6 +188,8 @@ func deleteIf(ctx context.Context, c *Conn, v vppIf) error {
 		req, rep = &tapv2.TapDeleteV2{SwIfIndex: v.index}, &tapv2.TapDeleteV2Reply{}
 	case "memif":
 		req, rep = &memif.MemifDelete{SwIfIndex: v.index}, &memif.MemifDeleteReply{}
+	case "vxlan":
+		return deleteVXLAN(ctx, c, v.index)
 	default:
 		return fmt.Errorf("delete interface %s: unknown device type %q", v.name, v.devType)
 	}

@@ -13,6 +13,7 @@ import (
 	"go.fd.io/govpp/binapi/memif"
 	"go.fd.io/govpp/binapi/tapv2"
 	"go.fd.io/govpp/binapi/vpe"
+	"go.fd.io/govpp/binapi/vxlan"
 )
 
 // BinapiVersion is the VPP release govpp v0.13.0's bundled binapi was
@@ -49,5 +50,14 @@ func Messages() []api.Message {
 		&interfaces.SwInterfaceAddDelAddress{}, &interfaces.SwInterfaceAddDelAddressReply{},
 		&ip.IPAddressDump{}, &ip.IPAddressDetails{},
 		&ip.IPRouteAddDel{}, &ip.IPRouteAddDelReply{},
+	}
+}
+
+// VXLANMessages are the vxlan plugin's messages the VXLAN mechanism uses.
+// They are optional: a VPP without the plugin serves no VXLAN.
+func VXLANMessages() []api.Message {
+	return []api.Message{
+		&vxlan.VxlanAddDelTunnelV3{}, &vxlan.VxlanAddDelTunnelV3Reply{},
+		&vxlan.VxlanTunnelV2Dump{}, &vxlan.VxlanTunnelV2Details{},
 	}
 }

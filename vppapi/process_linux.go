@@ -85,6 +85,7 @@ plugins {
   plugin memif_plugin.so { enable }
   plugin l3xc_plugin.so { enable }
   plugin ping_plugin.so { enable }
+  plugin vxlan_plugin.so { enable }
   plugin dpdk_plugin.so { disable }
 }
 {{.Extra}}

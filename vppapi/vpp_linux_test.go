@@ -446,3 +446,110 @@ func TestManyConnections(t *testing.T) {
 		t.Fatalf("left after Disconnect: %v", left)
 	}
 }
+
+// Two nodes, each a namespace with its own VPP whose uplink (a veth
+// between the nodes, 192.0.2.1 and .2) is attached by af_packet. A client
+// on node A reaches an endpoint on node B through a VXLAN tunnel between
+// the two VPPs, built the way two forwarders do: B serves A's offer and
+// answers with its end and the VNI, A builds its half from the answer.
+func TestVXLANAcrossNodes(t *testing.T) {
+	bin := vppBinary(t)
+	aName, aPath := nstest.New(t)
+	bName, bPath := nstest.New(t)
+	if out, err := nstest.Exec(t, aName, "ip", "link", "add", "up0", "type", "veth", "peer", "name", "up0", "netns", bName); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	type node struct {
+		vc *Conn
+		d  *Dataplane
+	}
+	mk := func(ns, path, ip string) node {
+		for _, args := range [][]string{{"ip", "addr", "add", ip + "/24", "dev", "up0"}, {"ip", "link", "set", "up0", "up"}, {"ip", "link", "set", "lo", "up"}} {
+			if out, err := nstest.Exec(t, ns, args...); err != nil {
+				t.Fatalf("%v: %v\n%s", args, err, out)
+			}
+		}
+		vc := dialVPP(t, startVPP(t, bin, path))
+		if _, err := AttachUplink(context.Background(), vc, UplinkOptions{Name: "vx-" + ns, Mode: UplinkAFPacket, Interface: "up0", HostNetNS: path}); err != nil {
+			t.Fatal(err)
+		}
+		d, err := New(context.Background(), Options{Name: "vx-" + ns, Conn: vc, HostNetNS: path, TunnelIP: netip.MustParseAddr(ip)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = d.Close() })
+		if !slices.Contains(d.Mechanisms(forwarder.SideClient), forwarder.MechanismVXLAN) {
+			t.Fatalf("VXLAN not offered: %v", d.Mechanisms(forwarder.SideClient))
+		}
+		return node{vc, d}
+	}
+	a, b := mk(aName, aPath, "192.0.2.1"), mk(bName, bPath, "192.0.2.2")
+	cName, cPath := nstest.New(t)
+	_, ePath := nstest.New(t)
+	base := &forwarder.Conn{ID: "vx-1", Payload: forwarder.PayloadEthernet,
+		Client: forwarder.Side{Mechanism: forwarder.Mechanism{Type: forwarder.MechanismKernel, Params: map[string]string{
+			forwarder.ParamNetNSURL: "file://" + cPath, forwarder.ParamIfName: "nsm0"}},
+			IP: forwarder.IPConfig{Addrs: []netip.Prefix{netip.MustParsePrefix("10.72.0.1/24")}}},
+		Endpoint: forwarder.Side{Mechanism: forwarder.Mechanism{Type: forwarder.MechanismKernel, Params: map[string]string{
+			forwarder.ParamNetNSURL: "file://" + ePath, forwarder.ParamIfName: "nsm0"}},
+			IP: forwarder.IPConfig{Addrs: []netip.Prefix{netip.MustParsePrefix("10.72.0.2/24")}}},
+	}
+	cb := base.Clone()
+	cb.Client.Mechanism = forwarder.Mechanism{Cls: forwarder.ClsRemote, Type: forwarder.MechanismVXLAN, Params: a.d.Offer(forwarder.MechanismVXLAN)}
+	if err := b.d.Connect(context.Background(), cb); err != nil {
+		t.Fatalf("node B: %v", err)
+	}
+	m := cb.Client.Mechanism.Params
+	vni, err := forwarder.ParseVNI(m[forwarder.ParamVNI])
+	if err != nil || vni%2 != 0 || m[forwarder.ParamDstIP] != "192.0.2.2" || m[forwarder.ParamMTU] != "1450" || cb.MTU != 1450 {
+		t.Fatalf("B's answer %v (MTU %d): want dst_ip 192.0.2.2, an even VNI, MTU 1450", m, cb.MTU)
+	}
+	ca := base.Clone()
+	ca.Endpoint.Mechanism = cb.Client.Mechanism
+	ca.MTU = cb.MTU
+	if err := a.d.Connect(context.Background(), ca); err != nil {
+		t.Fatalf("node A: %v", err)
+	}
+	if ca.MTU != 1450 {
+		t.Fatalf("A's MTU %d, want 1450", ca.MTU)
+	}
+	nsPing(t, cName, "10.72.0.2")
+	for _, n := range []node{a, b} {
+		if out := cli(t, n.vc, "show vxlan tunnel"); !strings.Contains(out, fmt.Sprintf("vni %d", vni)) {
+			t.Fatalf("no tunnel with VNI %d:\n%s", vni, out)
+		}
+	}
+	// A refresh on both keeps the tunnels.
+	before := taggedIfs(t, b.vc, "vx-"+bName)
+	if err := b.d.Connect(context.Background(), cb.Clone()); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.d.Connect(context.Background(), ca.Clone()); err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(before)
+	if after := taggedIfs(t, b.vc, "vx-"+bName); !slices.Equal(sorted(after), before) {
+		t.Fatalf("refresh changed B's interfaces: %v -> %v", before, after)
+	}
+	nsPing(t, cName, "10.72.0.2")
+	for _, n := range []struct {
+		nd   node
+		name string
+		path string
+	}{{a, aName, aPath}, {b, bName, bPath}} {
+		if err := n.nd.d.Disconnect(context.Background(), "vx-1"); err != nil {
+			t.Fatal(err)
+		}
+		if left := taggedIfs(t, n.nd.vc, "vx-"+n.name); len(left) != 1 { // the uplink
+			t.Fatalf("VPP interfaces left on %s: %v", n.name, left)
+		}
+		if got := nstest.Links(t, n.path); !slices.Equal(got, []string{"lo", "up0"}) {
+			t.Fatalf("links left on %s: %v", n.name, got)
+		}
+		if out := cli(t, n.nd.vc, "show vxlan tunnel"); strings.Contains(out, "vni") {
+			t.Fatalf("VXLAN tunnel left on %s:\n%s", n.name, out)
+		}
+	}
+}
+
+func sorted(s []string) []string { s = slices.Clone(s); slices.Sort(s); return s }

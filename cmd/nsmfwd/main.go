@@ -92,14 +92,14 @@ func newLogger(cfg Config) (*slog.Logger, error) {
 }
 
 func newDataplane(ctx context.Context, cfg Config, log *slog.Logger) (forwarder.Dataplane, error) {
+	if cfg.VXLANPort == 0 || cfg.VXLANPort > 65535 {
+		return nil, fmt.Errorf("config: NSM_VXLAN_PORT=%d: want 1-65535", cfg.VXLANPort)
+	}
 	switch cfg.Dataplane {
 	case "kernel":
 		tip, err := tunnelIP(cfg.TunnelIP)
 		if err != nil {
 			return nil, err
-		}
-		if cfg.VXLANPort == 0 || cfg.VXLANPort > 65535 {
-			return nil, fmt.Errorf("config: NSM_VXLAN_PORT=%d: want 1-65535", cfg.VXLANPort)
 		}
 		if tip.IsValid() {
 			log.InfoContext(ctx, "REMOTE mechanisms enabled", "tunnel_ip", tip, "vxlan_port", cfg.VXLANPort)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -106,9 +107,23 @@ func newVPPDataplane(ctx context.Context, cfg Config, log *slog.Logger) (forward
 		conn.Close()
 		return nil, err
 	}
+	// VXLAN leaves by the uplink, so it needs the uplink in VPP.
+	var tip netip.Addr
+	if vc.Init != vppapi.UplinkNone {
+		if tip, err = tunnelIP(cfg.TunnelIP); err != nil {
+			conn.Close()
+			return nil, err
+		}
+	}
+	if tip.IsValid() {
+		log.InfoContext(ctx, "VXLAN enabled", "tunnel_ip", tip, "vxlan_port", cfg.VXLANPort)
+	} else {
+		log.InfoContext(ctx, "REMOTE mechanisms off: no uplink in VPP (NSM_VPP_INIT) or no tunnel address (NSM_TUNNEL_IP)")
+	}
 	dp, err := vppapi.New(ctx, vppapi.Options{
 		Name: cfg.Name, Conn: conn, KernelMode: vc.KernelMode, MemifDir: vc.MemifDir,
 		Stats: vppapi.NewStats(statsSock), Logger: log,
+		TunnelIP: tip, VXLANPort: uint16(cfg.VXLANPort),
 	})
 	if err != nil {
 		conn.Close()
