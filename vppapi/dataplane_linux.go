@@ -62,6 +62,10 @@ type Options struct {
 	// VXLANPort is the UDP port VPP's VXLAN tunnels listen on (default
 	// 4789); the peer's may differ.
 	VXLANPort uint16
+	// VLANDevices maps a connection's "via" label to the host interface
+	// (attached to VPP) its VLAN side leaves by; without any, VLAN is not
+	// offered.
+	VLANDevices map[string]string
 	// Logger receives the dataplane's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -81,7 +85,7 @@ type Dataplane struct {
 	host   *netlink.Handle
 	locks  keyed.Mutex
 
-	vniMu sync.Mutex // VNI choice and VXLAN tunnel creation
+	tunnelMu sync.Mutex // VNI choice, VXLAN tunnels, VLAN domains
 
 	mu   sync.RWMutex
 	conn *Conn
@@ -134,11 +138,15 @@ func (d *Dataplane) Name() string { return "vpp" }
 
 // Mechanisms implements forwarder.Dataplane: KERNEL and MEMIF, and VXLAN
 // when the dataplane has a tunnel address and VPP the vxlan plugin.
-func (d *Dataplane) Mechanisms(forwarder.SideKind) []string {
+func (d *Dataplane) Mechanisms(side forwarder.SideKind) []string {
+	out := []string{forwarder.MechanismKernel, MechanismMemif}
 	if d.remote() {
-		return []string{forwarder.MechanismKernel, MechanismMemif, forwarder.MechanismVXLAN}
+		out = append(out, forwarder.MechanismVXLAN)
 	}
-	return []string{forwarder.MechanismKernel, MechanismMemif}
+	if side == forwarder.SideEndpoint && len(d.opts.VLANDevices) > 0 {
+		out = append(out, forwarder.MechanismVLAN)
+	}
+	return out
 }
 
 // Ready implements forwarder.Dataplane: VPP answers.
@@ -186,6 +194,13 @@ func (d *Dataplane) Check(_ context.Context, id string, side forwarder.SideKind,
 	case forwarder.MechanismVXLAN:
 		_, err := forwarder.ParseVXLAN(side, m, d.opts.TunnelIP, d.opts.VXLANPort, vwire.ParamsField(side))
 		return err
+	case forwarder.MechanismVLAN:
+		if side == forwarder.SideEndpoint && len(d.opts.VLANDevices) > 0 {
+			if _, err := forwarder.ParseVLANID(m.Param(forwarder.ParamVLANID)); err != nil {
+				return &forwarder.Error{Code: forwarder.CodeInvalidArgument, Field: vwire.ParamsField(side) + forwarder.ParamVLANID, Err: err}
+			}
+			return nil
+		}
 	}
 	f := vwire.ParamsField(side)
 	return forwarder.Errorf(forwarder.CodeInvalidArgument, strings.TrimSuffix(f, "parameters.")+"type",
@@ -264,6 +279,9 @@ func (d *Dataplane) connect(ctx context.Context, vc *Conn, c *forwarder.Conn, fo
 				}
 			}
 		}
+		if c.Endpoint.Mechanism.Type == forwarder.MechanismVLAN {
+			errs = append(errs, d.pruneVLAN(rctx, vc))
+		}
 		if rerr := errors.Join(errs...); rerr != nil {
 			log.ErrorContext(rctx, "connect rollback incomplete", "error", rerr)
 		}
@@ -271,9 +289,10 @@ func (d *Dataplane) connect(ctx context.Context, vc *Conn, c *forwarder.Conn, fo
 
 	// A tunnel side first: it lowers the MTU the other side is built with.
 	order := sides
-	if c.Endpoint.Mechanism.Type == forwarder.MechanismVXLAN {
+	if t := c.Endpoint.Mechanism.Type; t == forwarder.MechanismVXLAN || t == forwarder.MechanismVLAN {
 		order = []*side{sides[1], sides[0]}
 	}
+	var bd uint32 // the VLAN side's bridge domain
 	for _, s := range order {
 		i := sideIndex(s.kind)
 		s.vif, s.sock = st.ifs[i], st.sock[i]
@@ -290,6 +309,13 @@ func (d *Dataplane) connect(ctx context.Context, vc *Conn, c *forwarder.Conn, fo
 			err = d.memifSide(ctx, vc, c, s, tag, ipMode)
 		case forwarder.MechanismVXLAN:
 			err = d.vxlanSide(ctx, vc, c, s, tag, ipMode)
+		case forwarder.MechanismVLAN:
+			if s.kind != forwarder.SideEndpoint || c.Client.Mechanism.Type == forwarder.MechanismVXLAN {
+				err = forwarder.Errorf(forwarder.CodeInvalidArgument, strings.TrimSuffix(vwire.ParamsField(s.kind), "parameters.")+"type",
+					"VLAN is an endpoint-side mechanism with a local client side")
+				break
+			}
+			err = d.vlanSide(ctx, vc, c, &bd)
 		default:
 			f := vwire.ParamsField(s.kind)
 			err = forwarder.Errorf(forwarder.CodeInvalidArgument, strings.TrimSuffix(f, "parameters.")+"type",
@@ -300,8 +326,19 @@ func (d *Dataplane) connect(ctx context.Context, vc *Conn, c *forwarder.Conn, fo
 		}
 		changed = changed || s.vifNew || (s.end != nil && s.end.Created)
 	}
-	a, b := sides[0].vif.index, sides[1].vif.index
-	if ipMode {
+	if bd != 0 {
+		// A VLAN: the client joins the VLAN's bridge domain.
+		a := sides[0].vif.index
+		if err := l3xcOff(ctx, vc, a); err != nil {
+			return changed, err
+		}
+		if err := l2xcOff(ctx, vc, a); err != nil {
+			return changed, err
+		}
+		if err := bridge(ctx, vc, a, bd); err != nil {
+			return changed, err
+		}
+	} else if a, b := sides[0].vif.index, sides[1].vif.index; ipMode {
 		if err := l2xcOff(ctx, vc, a); err != nil {
 			return changed, err
 		}
@@ -326,6 +363,9 @@ func (d *Dataplane) connect(ctx context.Context, vc *Conn, c *forwarder.Conn, fo
 		}
 	}
 	for _, s := range sides {
+		if s.vif == nil {
+			continue // a VLAN side has no interface of its own
+		}
 		if c.MTU > 0 && s.end != nil {
 			if err := setMTU(ctx, vc, s.vif.index, c.MTU); err != nil {
 				return changed, err
@@ -556,6 +596,7 @@ func (d *Dataplane) remove(ctx context.Context, vc *Conn, id string, found map[s
 			}
 		}
 	}
+	errs = append(errs, d.pruneVLAN(ctx, vc))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("disconnect %q: %w", id, err)
 	}

@@ -50,6 +50,12 @@ func Messages() []api.Message {
 		&interfaces.SwInterfaceAddDelAddress{}, &interfaces.SwInterfaceAddDelAddressReply{},
 		&ip.IPAddressDump{}, &ip.IPAddressDetails{},
 		&ip.IPRouteAddDel{}, &ip.IPRouteAddDelReply{},
+		&interfaces.CreateVlanSubif{}, &interfaces.CreateVlanSubifReply{},
+		&interfaces.DeleteSubif{}, &interfaces.DeleteSubifReply{},
+		&l2.L2InterfaceVlanTagRewrite{}, &l2.L2InterfaceVlanTagRewriteReply{},
+		&l2.BridgeDomainAddDelV2{}, &l2.BridgeDomainAddDelV2Reply{},
+		&l2.BridgeDomainDump{}, &l2.BridgeDomainDetails{},
+		&l2.SwInterfaceSetL2Bridge{}, &l2.SwInterfaceSetL2BridgeReply{},
 	}
 }
 

@@ -64,8 +64,8 @@ func (d *Dataplane) Reconcile(ctx context.Context, wanted []*forwarder.Conn) (fo
 	})
 	var errs []error
 	for tag, v := range found {
-		if wantTags[tag] || tag == uplinkTag(d.opts.Name) {
-			continue
+		if wantTags[tag] || tag == uplinkTag(d.opts.Name) || d.isVLANTag(tag) {
+			continue // VLAN domains are pruned below, by their members
 		}
 		if err := deleteIf(ctx, vc, v); err != nil {
 			errs = append(errs, err)
@@ -116,6 +116,7 @@ func (d *Dataplane) Reconcile(ctx context.Context, wanted []*forwarder.Conn) (fo
 			res.Removed = append(res.Removed, dir)
 		}
 	}
+	errs = append(errs, d.pruneVLAN(ctx, vc))
 	if len(res.Failed) == 0 {
 		res.Failed = nil
 	}

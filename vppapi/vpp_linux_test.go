@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"go.fd.io/govpp/binapi/interface_types"
+	"go.fd.io/govpp/binapi/l2"
 	"go.fd.io/govpp/binapi/vlib"
 	"golang.org/x/sys/unix"
 
@@ -553,3 +555,92 @@ func TestVXLANAcrossNodes(t *testing.T) {
 }
 
 func sorted(s []string) []string { s = slices.Clone(s); slices.Sort(s); return s }
+
+// A node and a "switch", each a namespace with its own VPP whose phys0
+// (the veth between them) is attached by af_packet and is the VLAN device
+// for via=gw1. On the switch, gateways sit on VLANs 100 and 200; on the
+// node, two clients join VLAN 100 and one VLAN 200. Each client reaches
+// its VLAN's gateway only, and the two VLAN 100 clients reach each other
+// through the node's bridge domain.
+func TestVLANDomains(t *testing.T) {
+	bin := vppBinary(t)
+	nName, nPath := nstest.New(t)
+	sName, sPath := nstest.New(t)
+	if out, err := nstest.Exec(t, nName, "ip", "link", "add", "phys0", "type", "veth", "peer", "name", "phys0", "netns", sName); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	type node struct {
+		vc *Conn
+		d  *Dataplane
+	}
+	mk := func(ns, path string) node {
+		if out, err := nstest.Exec(t, ns, "ip", "link", "set", "phys0", "up"); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		vc := dialVPP(t, startVPP(t, bin, path))
+		if _, err := AttachUplink(context.Background(), vc, UplinkOptions{Name: "vl-" + ns, Mode: UplinkAFPacket, Interface: "phys0", HostNetNS: path}); err != nil {
+			t.Fatal(err)
+		}
+		d, err := New(context.Background(), Options{Name: "vl-" + ns, Conn: vc, HostNetNS: path, VLANDevices: map[string]string{"gw1": "phys0"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = d.Close() })
+		return node{vc, d}
+	}
+	n, s := mk(nName, nPath), mk(sName, sPath)
+	conn := func(d *Dataplane, id, addr, vid string) (*forwarder.Conn, string) {
+		name, path := nstest.New(t)
+		c := &forwarder.Conn{ID: id, Payload: forwarder.PayloadEthernet, Labels: map[string]string{ViaLabel: "gw1"},
+			Client: forwarder.Side{Mechanism: forwarder.Mechanism{Type: forwarder.MechanismKernel, Params: map[string]string{
+				forwarder.ParamNetNSURL: "file://" + path, forwarder.ParamIfName: "nsm0"}},
+				IP: forwarder.IPConfig{Addrs: []netip.Prefix{netip.MustParsePrefix(addr)}}},
+			Endpoint: forwarder.Side{Mechanism: forwarder.Mechanism{Cls: forwarder.ClsRemote, Type: forwarder.MechanismVLAN, Params: map[string]string{forwarder.ParamVLANID: vid}}},
+		}
+		if err := d.Connect(context.Background(), c); err != nil {
+			t.Fatalf("%s: %v", id, err)
+		}
+		return c, name
+	}
+	conn(s.d, "gw-100", "10.73.0.100/24", "100")
+	conn(s.d, "gw-200", "10.73.0.200/24", "200")
+	c1, n1 := conn(n.d, "vl-1", "10.73.0.1/24", "100")
+	_, n2 := conn(n.d, "vl-2", "10.73.0.2/24", "100")
+	_, n3 := conn(n.d, "vl-3", "10.73.0.3/24", "200")
+	if c1.MTU != 1500 {
+		t.Fatalf("MTU %d, want phys0's 1500", c1.MTU)
+	}
+	nsPing(t, n1, "10.73.0.100")
+	nsPing(t, n2, "10.73.0.100")
+	nsPing(t, n1, "10.73.0.2")
+	nsPing(t, n3, "10.73.0.200")
+	if out, err := nstest.Exec(t, n3, "ping", "-c", "1", "-W", "1", "10.73.0.100"); err == nil {
+		t.Fatalf("VLAN 200 reached VLAN 100:\n%s", out)
+	}
+	if err := n.d.Connect(context.Background(), c1.Clone()); err != nil {
+		t.Fatalf("refresh: %v", err)
+	}
+	nsPing(t, n1, "10.73.0.100")
+	if err := n.d.Disconnect(context.Background(), "vl-1"); err != nil {
+		t.Fatal(err)
+	}
+	nsPing(t, n2, "10.73.0.100")
+	for _, x := range []struct {
+		nd  node
+		ids []string
+		ns  string
+	}{{n, []string{"vl-2", "vl-3"}, nName}, {s, []string{"gw-100", "gw-200"}, sName}} {
+		for _, id := range x.ids {
+			if err := x.nd.d.Disconnect(context.Background(), id); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if left := taggedIfs(t, x.nd.vc, "vl-"+x.ns); len(left) != 1 { // the uplink
+			t.Fatalf("VPP interfaces left on %s: %v", x.ns, left)
+		}
+		bds, err := Dump[*l2.BridgeDomainDetails](context.Background(), x.nd.vc, &l2.BridgeDomainDump{BdID: ^uint32(0), SwIfIndex: ^interface_types.InterfaceIndex(0)})
+		if err != nil || len(bds) != 0 {
+			t.Fatalf("bridge domains left on %s: %v %v", x.ns, bds, err)
+		}
+	}
+}

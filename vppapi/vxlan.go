@@ -115,8 +115,8 @@ func (d *Dataplane) vxlanSide(ctx context.Context, vc *Conn, c *forwarder.Conn, 
 	if mtu > 0 && (c.MTU == 0 || c.MTU > mtu) {
 		c.MTU = mtu
 	}
-	d.vniMu.Lock()
-	defer d.vniMu.Unlock()
+	d.tunnelMu.Lock()
+	defer d.tunnelMu.Unlock()
 	if s.vif != nil {
 		ds, err := vxlanTunnels(ctx, vc, s.vif.index)
 		if err != nil {

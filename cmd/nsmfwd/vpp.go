@@ -120,10 +120,15 @@ func newVPPDataplane(ctx context.Context, cfg Config, log *slog.Logger) (forward
 	} else {
 		log.InfoContext(ctx, "REMOTE mechanisms off: no uplink in VPP (NSM_VPP_INIT) or no tunnel address (NSM_TUNNEL_IP)")
 	}
+	vlans, err := loadDeviceSelector(cfg.DeviceSelector)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
 	dp, err := vppapi.New(ctx, vppapi.Options{
 		Name: cfg.Name, Conn: conn, KernelMode: vc.KernelMode, MemifDir: vc.MemifDir,
 		Stats: vppapi.NewStats(statsSock), Logger: log,
-		TunnelIP: tip, VXLANPort: uint16(cfg.VXLANPort),
+		TunnelIP: tip, VXLANPort: uint16(cfg.VXLANPort), VLANDevices: vlans,
 	})
 	if err != nil {
 		conn.Close()
