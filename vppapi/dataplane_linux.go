@@ -86,6 +86,7 @@ type Dataplane struct {
 	locks  keyed.Mutex
 
 	tunnelMu sync.Mutex // VNI choice, VXLAN tunnels, VLAN domains
+	memifs   memifWatch // memif peers seen connected, for Alive
 
 	mu   sync.RWMutex
 	conn *Conn

@@ -455,7 +455,5 @@ func TestTraceDisconnectSide(t *testing.T) {
 		"sw_interface_set_flags if=2 flags=1",
 		"sw_interface_set_flags if=6 flags=1",
 	)
-	if ok, _, err := d.Alive(context.Background(), memifConn(forwarder.PayloadEthernet), forwarder.SideClient); err != nil || !ok {
-		t.Fatalf("memif side Alive = %v, %v; memif sides end at Close or expiry", ok, err)
-	}
+	// A memif side's Alive asks VPP for its peer (TestMemifPeerVPP).
 }

@@ -165,6 +165,14 @@ func TestMemifPeerVPP(t *testing.T) {
 			if _, err := os.Stat(filepath.Dir(sock)); err != nil {
 				t.Fatalf("memif socket dir: %v", err)
 			}
+			// Not connected yet: the workload connects after the Request
+			// returns, so this is no death.
+			for range 3 {
+				if ok, why, err := d.Alive(context.Background(), c, forwarder.SideClient); !ok || err != nil {
+					t.Fatalf("memif side before its peer connected: dead (%s, %v)", why, err)
+				}
+				time.Sleep(memifGrace)
+			}
 			// The CNF side: memif slave on the announced socket.
 			id := strconv.Itoa(i + 1)
 			mode := ""
@@ -179,8 +187,31 @@ func TestMemifPeerVPP(t *testing.T) {
 			vppPing(t, cnf, "10.70.0.2")
 			nsPing(t, epName, "10.70.0.1")
 
+			// The CNF goes away: its memif disconnects, and after the
+			// grace the side counts as dead (never before it connected).
+			if ok, why, err := d.Alive(context.Background(), c, forwarder.SideClient); !ok || err != nil {
+				t.Fatalf("connected memif side not alive: %s %v", why, err)
+			}
 			cli(t, cnf, "delete interface memif "+ifName)
 			cli(t, cnf, "delete memif socket id "+id)
+			gone := time.Now()
+			for {
+				ok, why, err := d.Alive(context.Background(), c, forwarder.SideClient)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !ok {
+					if why != forwarder.ReasonClientInterfaceGone {
+						t.Fatalf("reason %q", why)
+					}
+					t.Logf("memif peer gone: dead after %v", time.Since(gone).Round(time.Millisecond))
+					break
+				}
+				if time.Since(gone) > 5*time.Second {
+					t.Fatal("memif side still alive 5 s after its peer left")
+				}
+				time.Sleep(memifCheckInterval)
+			}
 			if err := d.Disconnect(context.Background(), c.ID); err != nil {
 				t.Fatal(err)
 			}

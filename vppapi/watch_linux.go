@@ -6,7 +6,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
+
+	"go.fd.io/govpp/binapi/interface_types"
+	"go.fd.io/govpp/binapi/memif"
 
 	"github.com/nsmfwd/nsmfwd/forwarder"
 	"github.com/nsmfwd/nsmfwd/internal/vwire"
@@ -19,11 +23,22 @@ var _ forwarder.Watcher = (*Dataplane)(nil)
 // raises no event in the node namespace.
 const tapCheckInterval = 2 * time.Second
 
+// memifCheckInterval is how often memif sides are checked while there are
+// any, and memifGrace how long a memif that was connected must stay
+// disconnected to count as dead: a peer's VPP that restarts reconnects
+// within it.
+const (
+	memifCheckInterval = 250 * time.Millisecond
+	memifGrace         = 500 * time.Millisecond
+)
+
 // Watch implements forwarder.Watcher. Veth sides (af_packet, AF_XDP) die
 // with their node-side end, which the kernel reports (RTM_DELLINK with the
-// connection's alias). Tap sides are checked periodically. A memif peer
-// that disconnects may come back, so memif sides end at Close or expiry.
+// connection's alias). Tap sides are checked periodically, and so are
+// memif sides while there are any: a memif whose peer was connected and
+// has been gone for memifGrace is dead.
 func (d *Dataplane) Watch(ctx context.Context, ch chan<- forwarder.Death) error {
+	go d.watchMemif(ctx, ch)
 	w := vwire.LinkWatch{Name: d.opts.Name, Logger: d.log}
 	if d.opts.HostNetNS != "" {
 		w.NS = d.hostNS
@@ -44,10 +59,13 @@ func (d *Dataplane) Watch(ctx context.Context, ch chan<- forwarder.Death) error 
 }
 
 // Alive implements forwarder.Watcher.
-func (d *Dataplane) Alive(_ context.Context, c *forwarder.Conn, side forwarder.SideKind) (bool, string, error) {
+func (d *Dataplane) Alive(ctx context.Context, c *forwarder.Conn, side forwarder.SideKind) (bool, string, error) {
 	s := &c.Client
 	if side == forwarder.SideEndpoint {
 		s = &c.Endpoint
+	}
+	if s.Mechanism.Type == MechanismMemif {
+		return d.memifAlive(ctx, c.ID, side)
 	}
 	if s.Mechanism.Type != forwarder.MechanismKernel {
 		return true, "", nil
@@ -124,4 +142,101 @@ func (d *Dataplane) DisconnectSide(ctx context.Context, id string, side forwarde
 		return fmt.Errorf("disconnect %s side of %q: %w", side, id, err)
 	}
 	return nil
+}
+
+// memifWatch is what the dataplane remembers of its memif interfaces'
+// peers, by VPP interface index.
+type memifWatch struct {
+	mu        sync.Mutex
+	at        time.Time // of the snapshot
+	up        map[interface_types.InterfaceIndex]bool
+	wasUp     map[interface_types.InterfaceIndex]bool
+	downSince map[interface_types.InterfaceIndex]time.Time
+}
+
+// watchMemif asks for a check of every connection every
+// memifCheckInterval while any connection has a memif side.
+func (d *Dataplane) watchMemif(ctx context.Context, ch chan<- forwarder.Death) {
+	t := time.NewTicker(memifCheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if d.hasMemif() {
+				vwire.TrySend(ch, forwarder.Death{})
+			}
+		}
+	}
+}
+
+func (d *Dataplane) hasMemif() bool {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	for _, st := range d.live {
+		if st.sock[0] != nil || st.sock[1] != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// memifAlive reports whether a memif side's peer is there, or has not
+// been for less than memifGrace, or never was (the workload connects after
+// the Request returns). One memif dump serves every check of a round.
+func (d *Dataplane) memifAlive(ctx context.Context, id string, side forwarder.SideKind) (bool, string, error) {
+	d.mu.RLock()
+	st := d.live[id]
+	var v *vppIf
+	if st != nil {
+		v = st.ifs[sideIndex(side)]
+	}
+	d.mu.RUnlock()
+	if v == nil {
+		return true, "", nil
+	}
+	vc, err := d.conns()
+	if err != nil {
+		return true, "", nil // VPP is being replaced: nothing to conclude
+	}
+	w := &d.memifs
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	now := time.Now()
+	if now.Sub(w.at) > memifCheckInterval/2 {
+		ds, err := Dump[*memif.MemifDetails](ctx, vc, &memif.MemifDump{})
+		if err != nil {
+			return false, "", fmt.Errorf("alive %q %s: %w", id, side, err)
+		}
+		w.up = map[interface_types.InterfaceIndex]bool{}
+		for _, x := range ds {
+			w.up[x.SwIfIndex] = x.Flags&interface_types.IF_STATUS_API_FLAG_LINK_UP != 0
+		}
+		w.at = now
+		if w.wasUp == nil {
+			w.wasUp, w.downSince = map[interface_types.InterfaceIndex]bool{}, map[interface_types.InterfaceIndex]time.Time{}
+		}
+	}
+	switch up, known := w.up[v.index]; {
+	case !known:
+		return true, "", nil // not a memif (any more): Close's business
+	case up:
+		w.wasUp[v.index] = true
+		delete(w.downSince, v.index)
+		return true, "", nil
+	case !w.wasUp[v.index]:
+		return true, "", nil
+	}
+	since, ok := w.downSince[v.index]
+	if !ok {
+		w.downSince[v.index] = now
+		return true, "", nil
+	}
+	if now.Sub(since) < memifGrace {
+		return true, "", nil
+	}
+	delete(w.wasUp, v.index)
+	delete(w.downSince, v.index)
+	return false, vwire.Reasons(side).InterfaceGone, nil
 }
