@@ -16,11 +16,11 @@ func (offeringDP) Mechanisms(forwarder.SideKind) []string {
 	return []string{forwarder.MechanismKernel, forwarder.MechanismVXLAN}
 }
 
-func (offeringDP) Offer(typ string) map[string]string {
+func (offeringDP) Offer(typ string, _ forwarder.Payload) (map[string]string, bool) {
 	if typ == forwarder.MechanismVXLAN {
-		return map[string]string{forwarder.ParamSrcIP: "192.0.2.1", forwarder.ParamSrcPort: "4789"}
+		return map[string]string{forwarder.ParamSrcIP: "192.0.2.1", forwarder.ParamSrcPort: "4789"}, true
 	}
-	return nil
+	return nil, true
 }
 
 func TestOffersAndPriority(t *testing.T) {
@@ -37,7 +37,7 @@ func TestOffersAndPriority(t *testing.T) {
 			t.Fatal(err)
 		}
 		var got []string
-		for _, m := range s.endpointPreferences() {
+		for _, m := range s.endpointPreferences(forwarder.PayloadEthernet) {
 			got = append(got, m.GetCls()+"/"+m.GetType())
 			if m.GetType() == forwarder.MechanismVXLAN && (m.GetParameters()[forwarder.ParamSrcIP] != "192.0.2.1" || m.GetParameters()[forwarder.ParamSrcPort] != "4789") {
 				t.Errorf("VXLAN offer without our tunnel end: %v", m.GetParameters())

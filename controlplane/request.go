@@ -126,7 +126,7 @@ func (s *Server) request(ctx context.Context, req *networkservice.NetworkService
 	}
 	seg.Expires = timestamppb.New(tokExp)
 	seg.Metrics = nil
-	nreq := &networkservice.NetworkServiceRequest{Connection: out, MechanismPreferences: s.endpointPreferences()}
+	nreq := &networkservice.NetworkServiceRequest{Connection: out, MechanismPreferences: s.endpointPreferences(forwarder.Payload(conn.GetPayload()))}
 	var nextPeer peer.Peer
 	next, err := s.next.Request(ctx, nreq, grpc.Peer(&nextPeer))
 	if err != nil {
@@ -304,7 +304,7 @@ func (s *Server) clientMechanism(conn *networkservice.Connection, prefs []*netwo
 // endpointPreferences lists the mechanisms we can build toward the next
 // hop, with the parameters the dataplane offers for each (a REMOTE
 // mechanism's local tunnel end).
-func (s *Server) endpointPreferences() []*networkservice.Mechanism {
+func (s *Server) endpointPreferences(payload forwarder.Payload) []*networkservice.Mechanism {
 	var out []*networkservice.Mechanism
 	offerer, _ := s.dp.(forwarder.Offerer)
 	for _, t := range s.dp.Mechanisms(forwarder.SideEndpoint) {
@@ -318,7 +318,11 @@ func (s *Server) endpointPreferences() []*networkservice.Mechanism {
 		}
 		params := map[string]string{}
 		if offerer != nil {
-			maps.Copy(params, offerer.Offer(t))
+			p, ok := offerer.Offer(t, payload)
+			if !ok {
+				continue
+			}
+			maps.Copy(params, p)
 		}
 		out = append(out, &networkservice.Mechanism{Cls: cls, Type: t, Parameters: params})
 	}

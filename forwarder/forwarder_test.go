@@ -85,6 +85,9 @@ func TestRegistryValidate(t *testing.T) {
 		{"vxlan vni 0", Mechanism{Type: MechanismVXLAN, Params: map[string]string{ParamVNI: "0"}}, CodeInvalidArgument, field + ".parameters.vni"},
 		{"vxlan vni 2^24", Mechanism{Type: MechanismVXLAN, Params: map[string]string{ParamVNI: "16777216"}}, CodeInvalidArgument, field + ".parameters.vni"},
 		{"vxlan port 0", Mechanism{Type: MechanismVXLAN, Params: map[string]string{ParamDstPort: "0"}}, CodeInvalidArgument, field + ".parameters.dst_port"},
+		{"wireguard offer", Mechanism{Cls: ClsRemote, Type: MechanismWireGuard, Params: map[string]string{ParamSrcIP: "192.0.2.1", ParamSrcPort: "51820", ParamSrcPublicKey: "f1TYAeVgCtsxFyEat4Sxo8L4ktuUXMeMNV2w3psJAW0="}}, 0, ""},
+		{"wireguard bad key", Mechanism{Type: MechanismWireGuard, Params: map[string]string{ParamDstPublicKey: "c2hvcnQ="}}, CodeInvalidArgument, field + ".parameters.dst_public_key"},
+		{"wireguard bad ip", Mechanism{Type: MechanismWireGuard, Params: map[string]string{ParamDstIP: "x"}}, CodeInvalidArgument, field + ".parameters.dst_ip"},
 		{"vlan ok", Mechanism{Type: MechanismVLAN, Params: map[string]string{ParamVLANID: "100"}}, 0, ""},
 		{"vlan 4095", Mechanism{Type: MechanismVLAN, Params: map[string]string{ParamVLANID: "4095"}}, CodeInvalidArgument, field + ".parameters.vlan-id"},
 	}

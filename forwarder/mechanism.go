@@ -49,7 +49,7 @@ func NewRegistry(specs ...MechanismSpec) *Registry {
 
 // DefaultRegistry returns a registry with every mechanism nsmfwd knows.
 func DefaultRegistry() *Registry {
-	return NewRegistry(KernelMechanism(), VXLANMechanism(), VLANMechanism())
+	return NewRegistry(KernelMechanism(), VXLANMechanism(), VLANMechanism(), WireGuardMechanism())
 }
 
 // Register adds or replaces the spec for s.Type.

@@ -1,6 +1,7 @@
 package forwarder
 
 import (
+	"encoding/base64"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -25,6 +26,10 @@ const (
 	ParamVNI     = "vni"
 	ParamMTU     = "MTU"
 	ParamVLANID  = "vlan-id"
+	// ParamSrcPublicKey and ParamDstPublicKey are WireGuard public keys
+	// (base64) of the requesting and the serving forwarder.
+	ParamSrcPublicKey = "src_public_key"
+	ParamDstPublicKey = "dst_public_key"
 
 	// VXLANPort is IANA's VXLAN port, NSM's default.
 	VXLANPort = 4789
@@ -37,6 +42,28 @@ const (
 // the dataplane's business (a Request carries src_* only, the answer all).
 func VXLANMechanism() MechanismSpec {
 	return MechanismSpec{Type: MechanismVXLAN, Cls: ClsRemote, Validate: validateVXLAN}
+}
+
+// WireGuardMechanism is the spec of NSM's WIREGUARD mechanism (IP payload;
+// src_/dst_ addresses, ports and base64 public keys, each checked when
+// present).
+func WireGuardMechanism() MechanismSpec {
+	return MechanismSpec{Type: MechanismWireGuard, Cls: ClsRemote, Validate: func(m Mechanism, field string) error {
+		if err := validateVXLAN(Mechanism{Params: map[string]string{
+			ParamSrcIP: m.Params[ParamSrcIP], ParamDstIP: m.Params[ParamDstIP],
+			ParamSrcPort: m.Params[ParamSrcPort], ParamDstPort: m.Params[ParamDstPort], ParamMTU: m.Params[ParamMTU],
+		}}, field); err != nil {
+			return err
+		}
+		for _, k := range []string{ParamSrcPublicKey, ParamDstPublicKey} {
+			if v := m.Params[k]; v != "" {
+				if b, err := base64.StdEncoding.DecodeString(v); err != nil || len(b) != 32 {
+					return Errorf(CodeInvalidArgument, field+".parameters."+k, "%q is not a base64 WireGuard key", v)
+				}
+			}
+		}
+		return nil
+	}}
 }
 
 // VLANMechanism is the spec of NSM's VLAN mechanism (toward an endpoint
@@ -110,12 +137,13 @@ func ParseVLANID(s string) (uint16, error) {
 
 // Offerer is implemented by dataplanes whose endpoint-side mechanisms need
 // parameters in the Request to the next hop: a REMOTE mechanism offers the
-// local tunnel end (VXLAN: src_ip, src_port), which the forwarder at the
-// other end needs to build its half.
+// local tunnel end (VXLAN: src_ip, src_port; WireGuard also a public key),
+// which the forwarder at the other end needs to build its half.
 type Offerer interface {
-	// Offer returns the parameters to send with an offer of mechanism typ,
-	// or nil.
-	Offer(typ string) map[string]string
+	// Offer returns the parameters to send with an offer of mechanism typ
+	// for a connection carrying payload; ok false: do not offer typ for
+	// it (WireGuard carries IP only).
+	Offer(typ string, payload Payload) (params map[string]string, ok bool)
 }
 
 // VXLANTunnel is one forwarder's view of a VXLAN side.

@@ -87,6 +87,7 @@ type Dataplane struct {
 
 	tunnelMu sync.Mutex // VNI choice, VXLAN tunnels, VLAN domains
 	memifs   memifWatch // memif peers seen connected, for Alive
+	wg       wgKeys     // private keys of pending WireGuard offers
 
 	mu   sync.RWMutex
 	conn *Conn
@@ -144,6 +145,9 @@ func (d *Dataplane) Mechanisms(side forwarder.SideKind) []string {
 	if d.remote() {
 		out = append(out, forwarder.MechanismVXLAN)
 	}
+	if d.wgReady() {
+		out = append(out, forwarder.MechanismWireGuard)
+	}
 	if side == forwarder.SideEndpoint && len(d.opts.VLANDevices) > 0 {
 		out = append(out, forwarder.MechanismVLAN)
 	}
@@ -195,6 +199,9 @@ func (d *Dataplane) Check(_ context.Context, id string, side forwarder.SideKind,
 	case forwarder.MechanismVXLAN:
 		_, err := forwarder.ParseVXLAN(side, m, d.opts.TunnelIP, d.opts.VXLANPort, vwire.ParamsField(side))
 		return err
+	case forwarder.MechanismWireGuard:
+		_, _, _, err := d.wgEnds(side, m)
+		return err
 	case forwarder.MechanismVLAN:
 		if side == forwarder.SideEndpoint && len(d.opts.VLANDevices) > 0 {
 			if _, err := forwarder.ParseVLANID(m.Param(forwarder.ParamVLANID)); err != nil {
@@ -230,6 +237,7 @@ type side struct {
 	sock    *uint32
 	sockNew bool
 	peerMAC net.HardwareAddr // the MAC VPP sends to on this side (nil: memif IP)
+	nbma    bool             // a WireGuard interface: routes need a next hop
 }
 
 func sideIndex(k forwarder.SideKind) int {
@@ -290,7 +298,7 @@ func (d *Dataplane) connect(ctx context.Context, vc *Conn, c *forwarder.Conn, fo
 
 	// A tunnel side first: it lowers the MTU the other side is built with.
 	order := sides
-	if t := c.Endpoint.Mechanism.Type; t == forwarder.MechanismVXLAN || t == forwarder.MechanismVLAN {
+	if t := c.Endpoint.Mechanism.Type; t == forwarder.MechanismVXLAN || t == forwarder.MechanismVLAN || t == forwarder.MechanismWireGuard {
 		order = []*side{sides[1], sides[0]}
 	}
 	var bd uint32 // the VLAN side's bridge domain
@@ -310,6 +318,8 @@ func (d *Dataplane) connect(ctx context.Context, vc *Conn, c *forwarder.Conn, fo
 			err = d.memifSide(ctx, vc, c, s, tag, ipMode)
 		case forwarder.MechanismVXLAN:
 			err = d.vxlanSide(ctx, vc, c, s, tag, ipMode)
+		case forwarder.MechanismWireGuard:
+			err = d.wireguardSide(ctx, vc, c, s, tag, ipMode)
 		case forwarder.MechanismVLAN:
 			if s.kind != forwarder.SideEndpoint || c.Client.Mechanism.Type == forwarder.MechanismVXLAN {
 				err = forwarder.Errorf(forwarder.CodeInvalidArgument, strings.TrimSuffix(vwire.ParamsField(s.kind), "parameters.")+"type",
@@ -346,10 +356,10 @@ func (d *Dataplane) connect(ctx context.Context, vc *Conn, c *forwarder.Conn, fo
 		if err := l2xcOff(ctx, vc, b); err != nil {
 			return changed, err
 		}
-		if err := l3xcSide(ctx, vc, a, b, sides[1].peerMAC); err != nil {
+		if err := l3xcSide(ctx, vc, a, b, sides[1].peerMAC, sides[1].nbma); err != nil {
 			return changed, err
 		}
-		if err := l3xcSide(ctx, vc, b, a, sides[0].peerMAC); err != nil {
+		if err := l3xcSide(ctx, vc, b, a, sides[0].peerMAC, sides[0].nbma); err != nil {
 			return changed, err
 		}
 	} else {

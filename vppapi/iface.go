@@ -187,7 +187,11 @@ func setUp(ctx context.Context, c *Conn, idx interface_types.InterfaceIndex) err
 // deleteIf removes a VPP interface nsmfwd created, by its device type.
 func deleteIf(ctx context.Context, c *Conn, v vppIf) error {
 	var req, rep api.Message
-	switch strings.ToLower(strings.ReplaceAll(v.devType, "-", "_")) {
+	dev := strings.ToLower(strings.ReplaceAll(v.devType, "-", "_"))
+	if strings.HasPrefix(dev, "wireguard") { // "Wireguard Tunnel" in dumps
+		dev = "wireguard"
+	}
+	switch dev {
 	case "af_packet":
 		req, rep = &af_packet.AfPacketDelete{HostIfName: strings.TrimPrefix(v.name, "host-")}, &af_packet.AfPacketDeleteReply{}
 	case "af_xdp":
@@ -198,6 +202,8 @@ func deleteIf(ctx context.Context, c *Conn, v vppIf) error {
 		req, rep = &memif.MemifDelete{SwIfIndex: v.index}, &memif.MemifDeleteReply{}
 	case "vxlan":
 		return deleteVXLAN(ctx, c, v.index)
+	case "wireguard":
+		return deleteWireGuard(ctx, c, v.index)
 	default:
 		return fmt.Errorf("delete interface %s: unknown device type %q", v.name, v.devType)
 	}

@@ -86,6 +86,7 @@ plugins {
   plugin l3xc_plugin.so { enable }
   plugin ping_plugin.so { enable }
   plugin vxlan_plugin.so { enable }
+  plugin wireguard_plugin.so { enable }
   plugin dpdk_plugin.so { disable }
 }
 {{.Extra}}

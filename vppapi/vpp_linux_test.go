@@ -484,11 +484,25 @@ func TestManyConnections(t *testing.T) {
 
 // Two nodes, each a namespace with its own VPP whose uplink (a veth
 // between the nodes, 192.0.2.1 and .2) is attached by af_packet. A client
-// on node A reaches an endpoint on node B through a VXLAN tunnel between
-// the two VPPs, built the way two forwarders do: B serves A's offer and
-// answers with its end and the VNI, A builds its half from the answer.
-func TestVXLANAcrossNodes(t *testing.T) {
+// on node A reaches an endpoint on node B through a tunnel between the two
+// VPPs, built the way two forwarders do: B serves A's offer and answers
+// with its end, A builds its half from the answer. VXLAN carries an
+// ETHERNET payload, WireGuard an IP one.
+func TestTunnelsAcrossNodes(t *testing.T) {
 	bin := vppBinary(t)
+	for _, tc := range []struct {
+		mech    string
+		payload forwarder.Payload
+		mtu     uint32
+	}{
+		{forwarder.MechanismVXLAN, forwarder.PayloadEthernet, 1450},
+		{forwarder.MechanismWireGuard, forwarder.PayloadIP, 1420},
+	} {
+		t.Run(tc.mech, func(t *testing.T) { testTunnel(t, bin, tc.mech, tc.payload, tc.mtu) })
+	}
+}
+
+func testTunnel(t *testing.T, bin, mech string, payload forwarder.Payload, wantMTU uint32) {
 	aName, aPath := nstest.New(t)
 	bName, bPath := nstest.New(t)
 	if out, err := nstest.Exec(t, aName, "ip", "link", "add", "up0", "type", "veth", "peer", "name", "up0", "netns", bName); err != nil {
@@ -505,23 +519,23 @@ func TestVXLANAcrossNodes(t *testing.T) {
 			}
 		}
 		vc := dialVPP(t, startVPP(t, bin, path))
-		if _, err := AttachUplink(context.Background(), vc, UplinkOptions{Name: "vx-" + ns, Mode: UplinkAFPacket, Interface: "up0", HostNetNS: path}); err != nil {
+		if _, err := AttachUplink(context.Background(), vc, UplinkOptions{Name: "tn-" + ns, Mode: UplinkAFPacket, Interface: "up0", HostNetNS: path}); err != nil {
 			t.Fatal(err)
 		}
-		d, err := New(context.Background(), Options{Name: "vx-" + ns, Conn: vc, HostNetNS: path, TunnelIP: netip.MustParseAddr(ip)})
+		d, err := New(context.Background(), Options{Name: "tn-" + ns, Conn: vc, HostNetNS: path, TunnelIP: netip.MustParseAddr(ip)})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = d.Close() })
-		if !slices.Contains(d.Mechanisms(forwarder.SideClient), forwarder.MechanismVXLAN) {
-			t.Fatalf("VXLAN not offered: %v", d.Mechanisms(forwarder.SideClient))
+		if !slices.Contains(d.Mechanisms(forwarder.SideClient), mech) {
+			t.Fatalf("%s not offered: %v", mech, d.Mechanisms(forwarder.SideClient))
 		}
 		return node{vc, d}
 	}
 	a, b := mk(aName, aPath, "192.0.2.1"), mk(bName, bPath, "192.0.2.2")
 	cName, cPath := nstest.New(t)
 	_, ePath := nstest.New(t)
-	base := &forwarder.Conn{ID: "vx-1", Payload: forwarder.PayloadEthernet,
+	base := &forwarder.Conn{ID: "tn-1", Payload: payload,
 		Client: forwarder.Side{Mechanism: forwarder.Mechanism{Type: forwarder.MechanismKernel, Params: map[string]string{
 			forwarder.ParamNetNSURL: "file://" + cPath, forwarder.ParamIfName: "nsm0"}},
 			IP: forwarder.IPConfig{Addrs: []netip.Prefix{netip.MustParsePrefix("10.72.0.1/24")}}},
@@ -529,15 +543,23 @@ func TestVXLANAcrossNodes(t *testing.T) {
 			forwarder.ParamNetNSURL: "file://" + ePath, forwarder.ParamIfName: "nsm0"}},
 			IP: forwarder.IPConfig{Addrs: []netip.Prefix{netip.MustParsePrefix("10.72.0.2/24")}}},
 	}
+	offer, ok := a.d.Offer(mech, payload)
+	if !ok {
+		t.Fatalf("%s not offered for %s", mech, payload)
+	}
 	cb := base.Clone()
-	cb.Client.Mechanism = forwarder.Mechanism{Cls: forwarder.ClsRemote, Type: forwarder.MechanismVXLAN, Params: a.d.Offer(forwarder.MechanismVXLAN)}
+	cb.Client.Mechanism = forwarder.Mechanism{Cls: forwarder.ClsRemote, Type: mech, Params: offer}
 	if err := b.d.Connect(context.Background(), cb); err != nil {
 		t.Fatalf("node B: %v", err)
 	}
 	m := cb.Client.Mechanism.Params
-	vni, err := forwarder.ParseVNI(m[forwarder.ParamVNI])
-	if err != nil || vni%2 != 0 || m[forwarder.ParamDstIP] != "192.0.2.2" || m[forwarder.ParamMTU] != "1450" || cb.MTU != 1450 {
-		t.Fatalf("B's answer %v (MTU %d): want dst_ip 192.0.2.2, an even VNI, MTU 1450", m, cb.MTU)
+	if m[forwarder.ParamDstIP] != "192.0.2.2" || m[forwarder.ParamMTU] != strconv.Itoa(int(wantMTU)) || cb.MTU != wantMTU {
+		t.Fatalf("B's answer %v (MTU %d): want dst_ip 192.0.2.2, MTU %d", m, cb.MTU, wantMTU)
+	}
+	if mech == forwarder.MechanismVXLAN {
+		if vni, err := forwarder.ParseVNI(m[forwarder.ParamVNI]); err != nil || vni%2 != 0 {
+			t.Fatalf("VNI %q: want an even one (the client's end sorts first)", m[forwarder.ParamVNI])
+		}
 	}
 	ca := base.Clone()
 	ca.Endpoint.Mechanism = cb.Client.Mechanism
@@ -545,49 +567,49 @@ func TestVXLANAcrossNodes(t *testing.T) {
 	if err := a.d.Connect(context.Background(), ca); err != nil {
 		t.Fatalf("node A: %v", err)
 	}
-	if ca.MTU != 1450 {
-		t.Fatalf("A's MTU %d, want 1450", ca.MTU)
-	}
 	nsPing(t, cName, "10.72.0.2")
-	for _, n := range []node{a, b} {
-		if out := cli(t, n.vc, "show vxlan tunnel"); !strings.Contains(out, fmt.Sprintf("vni %d", vni)) {
-			t.Fatalf("no tunnel with VNI %d:\n%s", vni, out)
-		}
-	}
 	// A refresh on both keeps the tunnels.
-	before := taggedIfs(t, b.vc, "vx-"+bName)
+	before := sorted(taggedIfs(t, b.vc, "tn-"+bName))
 	if err := b.d.Connect(context.Background(), cb.Clone()); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.d.Connect(context.Background(), ca.Clone()); err != nil {
 		t.Fatal(err)
 	}
-	slices.Sort(before)
-	if after := taggedIfs(t, b.vc, "vx-"+bName); !slices.Equal(sorted(after), before) {
+	if after := sorted(taggedIfs(t, b.vc, "tn-"+bName)); !slices.Equal(after, before) {
 		t.Fatalf("refresh changed B's interfaces: %v -> %v", before, after)
 	}
 	nsPing(t, cName, "10.72.0.2")
-	for _, n := range []struct {
+	// A's half goes by Disconnect; B's by a Reconcile that wants nothing,
+	// as after a restart, which deletes by what VPP's dump says.
+	for i, n := range []struct {
 		nd   node
 		name string
 		path string
 	}{{a, aName, aPath}, {b, bName, bPath}} {
-		if err := n.nd.d.Disconnect(context.Background(), "vx-1"); err != nil {
-			t.Fatal(err)
+		if i == 0 {
+			if err := n.nd.d.Disconnect(context.Background(), "tn-1"); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			fresh, err := New(context.Background(), Options{Name: "tn-" + n.name, Conn: n.nd.vc, HostNetNS: n.path, TunnelIP: netip.MustParseAddr("192.0.2.2")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := fresh.Reconcile(context.Background(), nil)
+			_ = fresh.Close()
+			if err != nil || len(res.Removed) == 0 {
+				t.Fatalf("reconcile: %+v, %v", res, err)
+			}
 		}
-		if left := taggedIfs(t, n.nd.vc, "vx-"+n.name); len(left) != 1 { // the uplink
+		if left := taggedIfs(t, n.nd.vc, "tn-"+n.name); len(left) != 1 { // the uplink
 			t.Fatalf("VPP interfaces left on %s: %v", n.name, left)
 		}
 		if got := nstest.Links(t, n.path); !slices.Equal(got, []string{"lo", "up0"}) {
 			t.Fatalf("links left on %s: %v", n.name, got)
 		}
-		if out := cli(t, n.nd.vc, "show vxlan tunnel"); strings.Contains(out, "vni") {
-			t.Fatalf("VXLAN tunnel left on %s:\n%s", n.name, out)
-		}
 	}
 }
-
-func sorted(s []string) []string { s = slices.Clone(s); slices.Sort(s); return s }
 
 // A node and a "switch", each a namespace with its own VPP whose phys0
 // (the veth between them) is attached by af_packet and is the VLAN device
@@ -704,3 +726,11 @@ func tcpAcross(t *testing.T, client, server, addr string) {
 		t.Fatalf("TCP through VPP: %v\n%s", err, out)
 	}
 }
+
+// offerVXLAN is what o offers for VXLAN with an ETHERNET payload.
+func offerVXLAN(o forwarder.Offerer) map[string]string {
+	p, _ := o.Offer(forwarder.MechanismVXLAN, forwarder.PayloadEthernet)
+	return p
+}
+
+func sorted(s []string) []string { s = slices.Clone(s); slices.Sort(s); return s }

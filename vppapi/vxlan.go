@@ -27,14 +27,17 @@ func (d *Dataplane) remote() bool {
 
 // Offer implements forwarder.Offerer: a VXLAN offer carries our tunnel
 // end.
-func (d *Dataplane) Offer(typ string) map[string]string {
-	if typ != forwarder.MechanismVXLAN || !d.remote() {
-		return nil
+func (d *Dataplane) Offer(typ string, payload forwarder.Payload) (map[string]string, bool) {
+	switch {
+	case typ == forwarder.MechanismWireGuard:
+		return d.offerWireGuard(payload)
+	case typ != forwarder.MechanismVXLAN || !d.remote():
+		return nil, true
 	}
 	return map[string]string{
 		forwarder.ParamSrcIP:   d.opts.TunnelIP.String(),
 		forwarder.ParamSrcPort: strconv.Itoa(int(d.opts.VXLANPort)),
-	}
+	}, true
 }
 
 func fromAddr(a ip_types.Address) netip.Addr {

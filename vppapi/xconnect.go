@@ -55,7 +55,10 @@ func addr(a netip.Addr) ip_types.Address {
 // l3xcSide sends IP of both families entering from out through to; hw is
 // the MAC of the far side's interface (nil: to is a point-to-point memif in
 // IP mode and needs no neighbour).
-func l3xcSide(ctx context.Context, c *Conn, from, to interface_types.InterfaceIndex, hw net.HardwareAddr) error {
+//
+// An NBMA interface (WireGuard) needs a next hop to choose its peer by,
+// but no neighbour entry: nbma sets the synthetic next hop alone.
+func l3xcSide(ctx context.Context, c *Conn, from, to interface_types.InterfaceIndex, hw net.HardwareAddr, nbma bool) error {
 	for _, nh := range []netip.Addr{xcNextHop4, xcNextHop6} {
 		path := fib_types.FibPath{SwIfIndex: uint32(to), Weight: 1, Proto: fib_types.FIB_API_PATH_NH_PROTO_IP4}
 		if nh.Is6() {
@@ -69,6 +72,8 @@ func l3xcSide(ctx context.Context, c *Conn, from, to interface_types.InterfaceIn
 			if err := c.Invoke(ctx, n, &ip_neighbor.IPNeighborAddDelReply{}); err != nil {
 				return fmt.Errorf("neighbour %s on %d: %w", nh, to, err)
 			}
+			path.Nh.Address = addr(nh).Un
+		} else if nbma {
 			path.Nh.Address = addr(nh).Un
 		}
 		req := &l3xc.L3xcUpdate{L3xc: l3xc.L3xc{SwIfIndex: from, IsIP6: nh.Is6(), Paths: []fib_types.FibPath{path}}}

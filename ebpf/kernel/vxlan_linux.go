@@ -22,14 +22,14 @@ func (d *Dataplane) remote() bool { return d.opts.TunnelIP.IsValid() }
 
 // Offer implements forwarder.Offerer: a VXLAN offer carries our tunnel
 // end, which the forwarder on the endpoint's node tunnels to.
-func (d *Dataplane) Offer(typ string) map[string]string {
+func (d *Dataplane) Offer(typ string, _ forwarder.Payload) (map[string]string, bool) {
 	if typ != forwarder.MechanismVXLAN || !d.remote() {
-		return nil
+		return nil, true
 	}
 	return map[string]string{
 		forwarder.ParamSrcIP:   d.opts.TunnelIP.String(),
 		forwarder.ParamSrcPort: strconv.Itoa(int(d.opts.VXLANPort)),
-	}
+	}, true
 }
 
 // vxlanTunnel reads a VXLAN side's tunnel. A Linux VXLAN device sends to

@@ -54,7 +54,7 @@ func (n *twoNodes) connect(t *testing.T, id string, payload forwarder.Payload, c
 	t.Helper()
 	base := newConn(t, id, payload, client, endpoint)
 	base.MTU = 0 // the tunnel sets it
-	offer := forwarder.Mechanism{Cls: forwarder.ClsRemote, Type: forwarder.MechanismVXLAN, Params: n.da.Offer(forwarder.MechanismVXLAN)}
+	offer := forwarder.Mechanism{Cls: forwarder.ClsRemote, Type: forwarder.MechanismVXLAN, Params: offerVXLAN(n.da)}
 	cb = base.Clone()
 	cb.Client.Mechanism = offer
 	if err := n.db.Connect(context.Background(), cb); err != nil {
@@ -151,7 +151,7 @@ func TestVXLANConcurrentVNIs(t *testing.T) {
 	errs := make([]error, k)
 	for i := range k {
 		c := newConn(t, "vxc-"+strconv.Itoa(i), forwarder.PayloadEthernet, newPeer(t), newPeer(t))
-		c.Client.Mechanism = forwarder.Mechanism{Cls: forwarder.ClsRemote, Type: forwarder.MechanismVXLAN, Params: n.da.Offer(forwarder.MechanismVXLAN)}
+		c.Client.Mechanism = forwarder.Mechanism{Cls: forwarder.ClsRemote, Type: forwarder.MechanismVXLAN, Params: offerVXLAN(n.da)}
 		conns[i] = c
 		wg.Go(func() { errs[i] = n.db.Connect(context.Background(), c) })
 	}
@@ -181,7 +181,7 @@ func TestVXLANConcurrentVNIs(t *testing.T) {
 // Connect that fails on them leaves nothing on the node.
 func TestVXLANBadInput(t *testing.T) {
 	n := newTwoNodes(t)
-	offer := n.da.Offer(forwarder.MechanismVXLAN)
+	offer := offerVXLAN(n.da)
 	with := func(kv ...string) forwarder.Mechanism {
 		p := map[string]string{}
 		for k, v := range offer {
@@ -244,7 +244,13 @@ func TestVXLANBadInput(t *testing.T) {
 	}
 	// Without a tunnel address the kernel dataplane offers and accepts no VXLAN.
 	d := newEnv(t).dataplane("")
-	if slices.Contains(d.Mechanisms(forwarder.SideClient), forwarder.MechanismVXLAN) || d.Offer(forwarder.MechanismVXLAN) != nil {
+	if slices.Contains(d.Mechanisms(forwarder.SideClient), forwarder.MechanismVXLAN) || offerVXLAN(d) != nil {
 		t.Fatal("VXLAN offered without a tunnel address")
 	}
+}
+
+// offerVXLAN is what o offers for VXLAN with an ETHERNET payload.
+func offerVXLAN(o forwarder.Offerer) map[string]string {
+	p, _ := o.Offer(forwarder.MechanismVXLAN, forwarder.PayloadEthernet)
+	return p
 }

@@ -24,7 +24,7 @@ import (
 type remoteNode struct {
 	name, path string
 	dp         forwarder.Dataplane
-	offer      func(string) map[string]string
+	offer      forwarder.Offerer
 }
 
 // TestVXLANKernelAndVPP: the kernel dataplane on one node and the VPP
@@ -107,7 +107,7 @@ func TestVXLANKernelAndVPP(t *testing.T) {
 
 			// The client sits on the requesting node, the endpoint on the
 			// serving one.
-			requester, server := remoteNode{kName, kPath, kd, kd.Offer}, remoteNode{vName, vPath, vd, vd.Offer}
+			requester, server := remoteNode{kName, kPath, kd, kd}, remoteNode{vName, vPath, vd, vd}
 			if kernelServes {
 				requester, server = server, requester
 			}
@@ -122,7 +122,7 @@ func TestVXLANKernelAndVPP(t *testing.T) {
 					IP: forwarder.IPConfig{Addrs: []netip.Prefix{netip.MustParsePrefix("10.74.0.2/24")}}},
 			}
 			cs := base.Clone()
-			cs.Client.Mechanism = forwarder.Mechanism{Cls: forwarder.ClsRemote, Type: forwarder.MechanismVXLAN, Params: requester.offer(forwarder.MechanismVXLAN)}
+			cs.Client.Mechanism = forwarder.Mechanism{Cls: forwarder.ClsRemote, Type: forwarder.MechanismVXLAN, Params: offerOf(requester.offer, forwarder.MechanismVXLAN)}
 			if err := server.dp.Connect(ctx, cs); err != nil {
 				t.Fatalf("serving node: %v", err)
 			}
@@ -160,4 +160,9 @@ func vcli(vc *vppapi.Conn, cmd string) string {
 		return err.Error()
 	}
 	return rep.Reply
+}
+
+func offerOf(o forwarder.Offerer, typ string) map[string]string {
+	p, _ := o.Offer(typ, forwarder.PayloadEthernet)
+	return p
 }
