@@ -727,10 +727,4 @@ func tcpAcross(t *testing.T, client, server, addr string) {
 	}
 }
 
-// offerVXLAN is what o offers for VXLAN with an ETHERNET payload.
-func offerVXLAN(o forwarder.Offerer) map[string]string {
-	p, _ := o.Offer(forwarder.MechanismVXLAN, forwarder.PayloadEthernet)
-	return p
-}
-
 func sorted(s []string) []string { s = slices.Clone(s); slices.Sort(s); return s }
