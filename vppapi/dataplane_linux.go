@@ -439,6 +439,14 @@ func (d *Dataplane) kernelSide(ctx context.Context, vc *Conn, c *forwarder.Conn,
 	if _, err := e.ConfigurePeer(c.MTU, ipMode, true); err != nil {
 		return err
 	}
+	if d.opts.KernelMode == ModeAFXDP {
+		// AF_XDP hands VPP raw frames, checksums left for offload
+		// included, and has no virtio-net header to say so: the workload
+		// computes its checksums itself.
+		if err := vwire.DisableTxChecksum(e.NS, e.IfName); err != nil {
+			return fmt.Errorf("connect %s: %w", s.kind, err)
+		}
+	}
 	if err := e.ConfigureHost(d.host, c.MTU); err != nil {
 		return err
 	}

@@ -737,3 +737,39 @@ func tcpAcross(t *testing.T, client, server, addr string) {
 }
 
 func sorted(s []string) []string { s = slices.Clone(s); slices.Sort(s); return s }
+
+// TCP crosses VPP in every kernel mode: af_packet carries offload state in
+// its virtio-net header, AF_XDP needs the workloads to finish their own
+// checksums.
+func TestTCPAcrossKernelModes(t *testing.T) {
+	bin := vppBinary(t)
+	for _, mode := range []string{ModeAFPacket, ModeAFXDP} {
+		t.Run(mode, func(t *testing.T) {
+			_, nodePath := nstest.New(t)
+			cName, cPath := nstest.New(t)
+			eName, ePath := nstest.New(t)
+			vc := dialVPP(t, startVPP(t, bin, nodePath))
+			d, err := New(context.Background(), Options{Name: "tcp-test", Conn: vc, HostNetNS: nodePath, KernelMode: mode})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = d.Close() })
+			c := &forwarder.Conn{ID: "tcp-1", Payload: forwarder.PayloadEthernet, MTU: 1500,
+				Client: forwarder.Side{Mechanism: forwarder.Mechanism{Type: forwarder.MechanismKernel, Params: map[string]string{
+					forwarder.ParamNetNSURL: "file://" + cPath, forwarder.ParamIfName: "nsm0"}},
+					IP: forwarder.IPConfig{Addrs: []netip.Prefix{netip.MustParsePrefix("10.75.0.1/24")}}},
+				Endpoint: forwarder.Side{Mechanism: forwarder.Mechanism{Type: forwarder.MechanismKernel, Params: map[string]string{
+					forwarder.ParamNetNSURL: "file://" + ePath, forwarder.ParamIfName: "nsm0"}},
+					IP: forwarder.IPConfig{Addrs: []netip.Prefix{netip.MustParsePrefix("10.75.0.2/24")}}},
+			}
+			if err := d.Connect(context.Background(), c); err != nil {
+				t.Fatal(err)
+			}
+			nsPing(t, cName, "10.75.0.2")
+			tcpAcross(t, cName, eName, "10.75.0.2")
+			if err := d.Disconnect(context.Background(), c.ID); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
