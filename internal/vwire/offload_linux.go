@@ -41,7 +41,7 @@ func DisableTxChecksum(ns netns.NsHandle, name string) error {
 		ev := ethtoolValue{cmd: ethtoolSTXCSUM}
 		var ifr ifreqData
 		copy(ifr.name[:len(ifr.name)-1], name)
-		ifr.data = uintptr(unsafe.Pointer(&ev)) // #nosec G103 -- the SIOCETHTOOL ABI passes a pointer in ifreq
+		ifr.data = uintptr(unsafe.Pointer(&ev))                                                                   // #nosec G103 -- the SIOCETHTOOL ABI passes a pointer in ifreq
 		_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr))) // #nosec G103 -- as above
 		runtime.KeepAlive(&ev)
 		if errno != 0 {
