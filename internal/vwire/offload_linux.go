@@ -41,9 +41,12 @@ func DisableTxChecksum(ns netns.NsHandle, name string) error {
 		ev := ethtoolValue{cmd: ethtoolSTXCSUM}
 		var ifr ifreqData
 		copy(ifr.name[:len(ifr.name)-1], name)
-		ifr.data = uintptr(unsafe.Pointer(&ev))                                                                   // #nosec G103 -- the SIOCETHTOOL ABI passes a pointer in ifreq
-		_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr))) // #nosec G103 -- as above
+		// The SIOCETHTOOL ABI passes a pointer inside struct ifreq.
+		ifr.data = uintptr(unsafe.Pointer(&ev)) // #nosec G103
+		arg := uintptr(unsafe.Pointer(&ifr))    // #nosec G103
+		_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, arg)
 		runtime.KeepAlive(&ev)
+		runtime.KeepAlive(&ifr)
 		if errno != 0 {
 			return fmt.Errorf("tx checksum off %s: %w", name, errno)
 		}
