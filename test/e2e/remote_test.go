@@ -186,8 +186,9 @@ func TestRemoteVLAN(t *testing.T) {
 	// The VLAN's gateway, beyond the trunk: the endpoint's address, tagged
 	// by the switch's own dataplane.
 	swName := w.name + "-sw"
-	t.Cleanup(func() { _ = os.RemoveAll(filepath.Join("/sys/fs/bpf/nsmfwd-e2e", swName)) })
-	sd, err := kernel.New(ctx, kernel.Options{Name: swName, HostNetNS: swPath, PinDir: "/sys/fs/bpf/nsmfwd-e2e", VLANDevices: map[string]string{"gw1": "phys0"}})
+	swPins := "/sys/fs/bpf/" + swName
+	t.Cleanup(func() { _ = os.RemoveAll(swPins) })
+	sd, err := kernel.New(ctx, kernel.Options{Name: swName, HostNetNS: swPath, PinDir: swPins, VLANDevices: map[string]string{"gw1": "phys0"}})
 	if err != nil {
 		t.Fatal(err)
 	}
