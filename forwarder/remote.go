@@ -135,6 +135,30 @@ func ParseVLANID(s string) (uint16, error) {
 	return uint16(n), nil
 }
 
+// ViaLabel is the connection label that names, through a forwarder's
+// device selector (NSM_DEVICE_SELECTOR_FILE), the host interface a VLAN
+// side leaves by, as in NSM's forwarders.
+const ViaLabel = "via"
+
+// VLANTarget resolves c's VLAN endpoint side to the host interface its via
+// label selects in devices and its VLAN id; field prefixes the endpoint
+// mechanism's parameter fields in errors.
+func VLANTarget(c *Conn, devices map[string]string, field string) (dev string, vid uint16, err error) {
+	if c.Payload == PayloadIP {
+		return "", 0, Errorf(CodeInvalidArgument, "connection.payload", "VLAN carries ETHERNET payload, not IP")
+	}
+	if vid, err = ParseVLANID(c.Endpoint.Mechanism.Param(ParamVLANID)); err != nil {
+		return "", 0, &Error{Code: CodeInvalidArgument, Field: field + ParamVLANID, Err: err}
+	}
+	via := c.Labels[ViaLabel]
+	dev, ok := devices[via]
+	if !ok {
+		return "", 0, Errorf(CodeInvalidArgument, "connection.labels."+ViaLabel,
+			"no host interface for via=%q in the device selector (NSM_DEVICE_SELECTOR_FILE)", via)
+	}
+	return dev, vid, nil
+}
+
 // Offerer is implemented by dataplanes whose endpoint-side mechanisms need
 // parameters in the Request to the next hop: a REMOTE mechanism offers the
 // local tunnel end (VXLAN: src_ip, src_port; WireGuard also a public key),
@@ -144,6 +168,25 @@ type Offerer interface {
 	// for a connection carrying payload; ok false: do not offer typ for
 	// it (WireGuard carries IP only).
 	Offer(typ string, payload Payload) (params map[string]string, ok bool)
+}
+
+// TunnelOverhead is what a tunnel of mechanism mech adds to each packet as
+// an MTU counts it (outer IP, UDP, the tunnel's header and, for VXLAN, the
+// inner Ethernet header); 0 for a mechanism that is not a tunnel.
+func TunnelOverhead(mech string, v6 bool) uint32 {
+	var o uint32
+	switch mech {
+	case MechanismVXLAN:
+		o = 50
+	case MechanismWireGuard:
+		o = 80 // as NSM counts it
+	default:
+		return 0
+	}
+	if v6 {
+		o += 20
+	}
+	return o
 }
 
 // VXLANTunnel is one forwarder's view of a VXLAN side.

@@ -243,11 +243,5 @@ func vppPrefix(p netip.Prefix) ip_types.Prefix {
 }
 
 func fromVPPPrefix(p ip_types.Prefix) netip.Prefix {
-	var a netip.Addr
-	if p.Address.Af == ip_types.ADDRESS_IP6 {
-		a = netip.AddrFrom16(p.Address.Un.GetIP6())
-	} else {
-		a = netip.AddrFrom4(p.Address.Un.GetIP4())
-	}
-	return netip.PrefixFrom(a, int(p.Len))
+	return netip.PrefixFrom(fromAddr(p.Address), int(p.Len))
 }

@@ -15,10 +15,6 @@ import (
 	"github.com/nsmfwd/nsmfwd/internal/vwire"
 )
 
-// ViaLabel is the connection label that names, through
-// Options.VLANDevices, the host interface a VLAN side leaves by.
-const ViaLabel = "via"
-
 // l2VtrPop1 is VPP's L2_VTR_POP_1: strip the outer tag on input, add it
 // back on output.
 const l2VtrPop1 = 3
@@ -37,24 +33,6 @@ func (d *Dataplane) vlanTag(dev string, vid uint16) string {
 
 func (d *Dataplane) isVLANTag(tag string) bool {
 	return strings.HasPrefix(tag, tagPrefix(d.opts.Name)+"vlan:")
-}
-
-// vlanTarget resolves c's VLAN endpoint side to a host interface and id.
-func (d *Dataplane) vlanTarget(c *forwarder.Conn) (dev string, vid uint16, err error) {
-	field := vwire.ParamsField(forwarder.SideEndpoint)
-	if c.Payload == forwarder.PayloadIP {
-		return "", 0, forwarder.Errorf(forwarder.CodeInvalidArgument, "connection.payload", "VLAN carries ETHERNET payload, not IP")
-	}
-	if vid, err = forwarder.ParseVLANID(c.Endpoint.Mechanism.Param(forwarder.ParamVLANID)); err != nil {
-		return "", 0, &forwarder.Error{Code: forwarder.CodeInvalidArgument, Field: field + forwarder.ParamVLANID, Err: err}
-	}
-	via := c.Labels[ViaLabel]
-	dev, ok := d.opts.VLANDevices[via]
-	if !ok {
-		return "", 0, forwarder.Errorf(forwarder.CodeInvalidArgument, "connection.labels."+ViaLabel,
-			"no host interface for via=%q in the device selector (NSM_DEVICE_SELECTOR_FILE)", via)
-	}
-	return dev, vid, nil
 }
 
 // vlanDomain finds or builds the bridge domain of (dev, vid) and returns
@@ -182,7 +160,7 @@ func (d *Dataplane) pruneVLAN(ctx context.Context, vc *Conn) error {
 // the domain if it is the VLAN's first client here, and lowers c.MTU to
 // the host interface's.
 func (d *Dataplane) vlanSide(ctx context.Context, vc *Conn, c *forwarder.Conn, bd *uint32) error {
-	dev, vid, err := d.vlanTarget(c)
+	dev, vid, err := forwarder.VLANTarget(c, d.opts.VLANDevices, vwire.ParamsField(forwarder.SideEndpoint))
 	if err != nil {
 		return err
 	}

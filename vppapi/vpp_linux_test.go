@@ -284,14 +284,8 @@ func testReplay(t *testing.T, bin string, stop func(*Process)) {
 		}
 	})
 
-	c := &forwarder.Conn{ID: "crash-1", Payload: forwarder.PayloadEthernet, MTU: 1400,
-		Client: forwarder.Side{Mechanism: forwarder.Mechanism{Type: forwarder.MechanismKernel, Params: map[string]string{
-			forwarder.ParamNetNSURL: "file://" + cPath, forwarder.ParamIfName: "nsm0"}},
-			IP: forwarder.IPConfig{Addrs: []netip.Prefix{netip.MustParsePrefix("10.71.0.1/24")}}},
-		Endpoint: forwarder.Side{Mechanism: forwarder.Mechanism{Type: forwarder.MechanismKernel, Params: map[string]string{
-			forwarder.ParamNetNSURL: "file://" + ePath, forwarder.ParamIfName: "nsm0"}},
-			IP: forwarder.IPConfig{Addrs: []netip.Prefix{netip.MustParsePrefix("10.71.0.2/24")}}},
-	}
+	c := kernelConn("crash-1", forwarder.PayloadEthernet, cPath, ePath, "10.71.0")
+	c.MTU = 1400
 	if err := d.Connect(context.Background(), c); err != nil {
 		t.Fatal(err)
 	}
@@ -544,14 +538,7 @@ func testTunnel(t *testing.T, bin, mech string, payload forwarder.Payload, wantM
 	a, b := mk(aName, aPath, "192.0.2.1"), mk(bName, bPath, "192.0.2.2")
 	cName, cPath := nstest.New(t)
 	_, ePath := nstest.New(t)
-	base := &forwarder.Conn{ID: "tn-1", Payload: payload,
-		Client: forwarder.Side{Mechanism: forwarder.Mechanism{Type: forwarder.MechanismKernel, Params: map[string]string{
-			forwarder.ParamNetNSURL: "file://" + cPath, forwarder.ParamIfName: "nsm0"}},
-			IP: forwarder.IPConfig{Addrs: []netip.Prefix{netip.MustParsePrefix("10.72.0.1/24")}}},
-		Endpoint: forwarder.Side{Mechanism: forwarder.Mechanism{Type: forwarder.MechanismKernel, Params: map[string]string{
-			forwarder.ParamNetNSURL: "file://" + ePath, forwarder.ParamIfName: "nsm0"}},
-			IP: forwarder.IPConfig{Addrs: []netip.Prefix{netip.MustParsePrefix("10.72.0.2/24")}}},
-	}
+	base := kernelConn("tn-1", payload, cPath, ePath, "10.72.0")
 	offer, ok := a.d.Offer(mech, payload)
 	if !ok {
 		t.Fatalf("%s not offered for %s", mech, payload)
@@ -655,7 +642,7 @@ func TestVLANDomains(t *testing.T) {
 	n, s := mk(nName, nPath), mk(sName, sPath)
 	conn := func(d *Dataplane, id, addr, vid string) (*forwarder.Conn, string) {
 		name, path := nstest.New(t)
-		c := &forwarder.Conn{ID: id, Payload: forwarder.PayloadEthernet, Labels: map[string]string{ViaLabel: "gw1"},
+		c := &forwarder.Conn{ID: id, Payload: forwarder.PayloadEthernet, Labels: map[string]string{forwarder.ViaLabel: "gw1"},
 			Client: forwarder.Side{Mechanism: forwarder.Mechanism{Type: forwarder.MechanismKernel, Params: map[string]string{
 				forwarder.ParamNetNSURL: "file://" + path, forwarder.ParamIfName: "nsm0"}},
 				IP: forwarder.IPConfig{Addrs: []netip.Prefix{netip.MustParsePrefix(addr)}}},
@@ -754,14 +741,8 @@ func TestTCPAcrossKernelModes(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { _ = d.Close() })
-			c := &forwarder.Conn{ID: "tcp-1", Payload: forwarder.PayloadEthernet, MTU: 1500,
-				Client: forwarder.Side{Mechanism: forwarder.Mechanism{Type: forwarder.MechanismKernel, Params: map[string]string{
-					forwarder.ParamNetNSURL: "file://" + cPath, forwarder.ParamIfName: "nsm0"}},
-					IP: forwarder.IPConfig{Addrs: []netip.Prefix{netip.MustParsePrefix("10.75.0.1/24")}}},
-				Endpoint: forwarder.Side{Mechanism: forwarder.Mechanism{Type: forwarder.MechanismKernel, Params: map[string]string{
-					forwarder.ParamNetNSURL: "file://" + ePath, forwarder.ParamIfName: "nsm0"}},
-					IP: forwarder.IPConfig{Addrs: []netip.Prefix{netip.MustParsePrefix("10.75.0.2/24")}}},
-			}
+			c := kernelConn("tcp-1", forwarder.PayloadEthernet, cPath, ePath, "10.75.0")
+			c.MTU = 1500
 			if err := d.Connect(context.Background(), c); err != nil {
 				t.Fatal(err)
 			}
@@ -772,4 +753,17 @@ func TestTCPAcrossKernelModes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// kernelConn is connection id between the namespaces at cPath and ePath,
+// KERNEL on both sides (nsm0), addressed prefix.1/24 and prefix.2/24.
+func kernelConn(id string, payload forwarder.Payload, cPath, ePath, prefix string) *forwarder.Conn {
+	side := func(path, host string) forwarder.Side {
+		return forwarder.Side{
+			Mechanism: forwarder.Mechanism{Type: forwarder.MechanismKernel, Params: map[string]string{
+				forwarder.ParamNetNSURL: "file://" + path, forwarder.ParamIfName: "nsm0"}},
+			IP: forwarder.IPConfig{Addrs: []netip.Prefix{netip.MustParsePrefix(prefix + "." + host + "/24")}},
+		}
+	}
+	return &forwarder.Conn{ID: id, Payload: payload, Client: side(cPath, "1"), Endpoint: side(ePath, "2")}
 }

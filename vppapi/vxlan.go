@@ -4,12 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
 	"strconv"
 
 	"go.fd.io/govpp/api"
 	"go.fd.io/govpp/binapi/interface_types"
-	"go.fd.io/govpp/binapi/ip_types"
 	"go.fd.io/govpp/binapi/vxlan"
 
 	"github.com/nsmfwd/nsmfwd/forwarder"
@@ -38,13 +36,6 @@ func (d *Dataplane) Offer(typ string, payload forwarder.Payload) (map[string]str
 		forwarder.ParamSrcIP:   d.opts.TunnelIP.String(),
 		forwarder.ParamSrcPort: strconv.Itoa(int(d.opts.VXLANPort)),
 	}, true
-}
-
-func fromAddr(a ip_types.Address) netip.Addr {
-	if a.Af == ip_types.ADDRESS_IP6 {
-		return netip.AddrFrom16(a.Un.GetIP6())
-	}
-	return netip.AddrFrom4(a.Un.GetIP4())
 }
 
 // vxlanTunnels dumps VPP's VXLAN tunnels (all of them for ^0).
@@ -111,12 +102,9 @@ func (d *Dataplane) vxlanSide(ctx context.Context, vc *Conn, c *forwarder.Conn, 
 	if err != nil {
 		return err
 	}
-	mtu, err := vwire.TunnelMTU(d.host, d.opts.TunnelIP)
+	mtu, err := vwire.TunnelMTU(d.host, d.opts.TunnelIP, forwarder.MechanismVXLAN, c)
 	if err != nil {
 		return err
-	}
-	if mtu > 0 && (c.MTU == 0 || c.MTU > mtu) {
-		c.MTU = mtu
 	}
 	d.tunnelMu.Lock()
 	defer d.tunnelMu.Unlock()

@@ -24,9 +24,6 @@ const (
 	// WireGuardPort is NSM's default WireGuard port; every tunnel of a node
 	// listens on it (VPP tells tunnels apart by their keys).
 	WireGuardPort = 51820
-	// wgOverhead is what WireGuard over IPv4 adds (IP, UDP, header, tag),
-	// as NSM counts it; IPv6 adds 20 more.
-	wgOverhead = 80
 	// offerTTL bounds how long the private key of an offer waits for the
 	// next hop's answer.
 	offerTTL = 2 * time.Minute
@@ -134,18 +131,9 @@ func (d *Dataplane) wireguardSide(ctx context.Context, vc *Conn, c *forwarder.Co
 	if err != nil {
 		return err
 	}
-	mtu, err := vwire.TunnelMTU(d.host, d.opts.TunnelIP)
+	mtu, err := vwire.TunnelMTU(d.host, d.opts.TunnelIP, forwarder.MechanismWireGuard, c)
 	if err != nil {
 		return err
-	}
-	if mtu > 0 {
-		mtu = mtu + vwire.VXLANOverhead4 - wgOverhead // TunnelMTU subtracted VXLAN's
-		if d.opts.TunnelIP.Is6() {
-			mtu -= 20
-		}
-		if c.MTU == 0 || c.MTU > mtu {
-			c.MTU = mtu
-		}
 	}
 	if m.Params == nil {
 		m.Params = map[string]string{}

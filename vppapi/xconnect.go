@@ -52,6 +52,13 @@ func addr(a netip.Addr) ip_types.Address {
 	return ip_types.Address{Af: ip_types.ADDRESS_IP6, Un: ip_types.AddressUnionIP6(a.As16())}
 }
 
+func fromAddr(a ip_types.Address) netip.Addr {
+	if a.Af == ip_types.ADDRESS_IP6 {
+		return netip.AddrFrom16(a.Un.GetIP6())
+	}
+	return netip.AddrFrom4(a.Un.GetIP4())
+}
+
 // l3xcSide sends IP of both families entering from out through to; hw is
 // the MAC of the far side's interface (nil: to is a point-to-point memif in
 // IP mode and needs no neighbour).

@@ -97,16 +97,7 @@ func newDataplane(ctx context.Context, cfg Config, log *slog.Logger) (forwarder.
 	}
 	switch cfg.Dataplane {
 	case "kernel":
-		tip, err := tunnelIP(cfg.TunnelIP)
-		if err != nil {
-			return nil, err
-		}
-		if tip.IsValid() {
-			log.InfoContext(ctx, "REMOTE mechanisms enabled", "tunnel_ip", tip, "vxlan_port", cfg.VXLANPort)
-		} else {
-			log.InfoContext(ctx, "no tunnel address: REMOTE mechanisms off (NSM_TUNNEL_IP)")
-		}
-		vlans, err := loadDeviceSelector(cfg.DeviceSelector)
+		tip, vlans, err := remoteOptions(ctx, cfg, log, true)
 		if err != nil {
 			return nil, err
 		}

@@ -1,11 +1,36 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
 )
+
+// remoteOptions resolves what a dataplane needs for REMOTE mechanisms: the
+// tunnel address (only when tunnels can leave the node: withUplink) and
+// the VLAN devices, and logs what it got.
+func remoteOptions(ctx context.Context, cfg Config, log *slog.Logger, withUplink bool) (netip.Addr, map[string]string, error) {
+	var tip netip.Addr
+	if withUplink {
+		var err error
+		if tip, err = tunnelIP(cfg.TunnelIP); err != nil {
+			return tip, nil, err
+		}
+	}
+	vlans, err := loadDeviceSelector(cfg.DeviceSelector)
+	if err != nil {
+		return tip, nil, err
+	}
+	if tip.IsValid() {
+		log.InfoContext(ctx, "tunnels enabled", "tunnel_ip", tip, "vxlan_port", cfg.VXLANPort, "vlan_devices", len(vlans))
+	} else {
+		log.InfoContext(ctx, "no tunnels: no tunnel address (NSM_TUNNEL_IP) or, with VPP, no uplink in VPP (NSM_VPP_INIT)", "vlan_devices", len(vlans))
+	}
+	return tip, vlans, nil
+}
 
 // tunnelIP resolves NSM_TUNNEL_IP: an address, "none" (no REMOTE
 // mechanisms), or empty for the first global address of the interface

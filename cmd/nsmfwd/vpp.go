@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -107,20 +106,8 @@ func newVPPDataplane(ctx context.Context, cfg Config, log *slog.Logger) (forward
 		conn.Close()
 		return nil, err
 	}
-	// VXLAN leaves by the uplink, so it needs the uplink in VPP.
-	var tip netip.Addr
-	if vc.Init != vppapi.UplinkNone {
-		if tip, err = tunnelIP(cfg.TunnelIP); err != nil {
-			conn.Close()
-			return nil, err
-		}
-	}
-	if tip.IsValid() {
-		log.InfoContext(ctx, "VXLAN enabled", "tunnel_ip", tip, "vxlan_port", cfg.VXLANPort)
-	} else {
-		log.InfoContext(ctx, "REMOTE mechanisms off: no uplink in VPP (NSM_VPP_INIT) or no tunnel address (NSM_TUNNEL_IP)")
-	}
-	vlans, err := loadDeviceSelector(cfg.DeviceSelector)
+	// Tunnels leave by the uplink, so they need the uplink in VPP.
+	tip, vlans, err := remoteOptions(ctx, cfg, log, vc.Init != vppapi.UplinkNone)
 	if err != nil {
 		conn.Close()
 		return nil, err

@@ -242,8 +242,10 @@ func (d *Dataplane) connect(ctx context.Context, c *Conn, adopt bool) (changed b
 			s.Close()
 		}
 	}()
-	tunnel := [2]bool{}
-	bridged := false // the endpoint side is a VLAN on a trunk
+	// device[i]: side i's node end is a device rather than a veth (a
+	// VXLAN device of its own, or the VLAN trunk that trunked sides share).
+	device := [2]bool{}
+	trunked := false // the endpoint side is a VLAN on a trunk
 	var dom vlanDomain
 	for i, s := range sides {
 		s.HostName = vwire.HostIfName(d.opts.Name, c.ID, s.Kind)
@@ -251,20 +253,20 @@ func (d *Dataplane) connect(ctx context.Context, c *Conn, adopt bool) (changed b
 		switch s.Side.Mechanism.Type {
 		case forwarder.MechanismKernel:
 		case forwarder.MechanismVXLAN:
-			tunnel[i] = true // ensureVXLAN checks its parameters
+			device[i] = true // ensureVXLAN checks its parameters
 			continue
 		case forwarder.MechanismVLAN:
 			if s.Kind != forwarder.SideEndpoint {
 				return false, d.checkVLAN(s.Kind, s.Side.Mechanism)
 			}
-			if tunnel[0] {
+			if device[0] {
 				return false, forwarder.Errorf(forwarder.CodeInvalidArgument, strings.TrimSuffix(vwire.ParamsField(s.Kind), "parameters.")+"type",
 					"a VLAN endpoint side needs a KERNEL client side, not %s", c.Client.Mechanism.Type)
 			}
 			if dom, err = d.vlanTarget(c); err != nil {
 				return false, err
 			}
-			bridged = true
+			trunked = true
 			continue
 		case forwarder.MechanismWireGuard:
 			return false, errNoWireGuard(s.Kind)
@@ -322,7 +324,7 @@ func (d *Dataplane) connect(ctx context.Context, c *Conn, adopt bool) (changed b
 	reinstall := false
 	// Tunnels first: they may lower the MTU the veths get.
 	for i, s := range sides {
-		if !tunnel[i] {
+		if !device[i] {
 			continue
 		}
 		if err := d.ensureVXLAN(c, s); err != nil {
@@ -334,7 +336,7 @@ func (d *Dataplane) connect(ctx context.Context, c *Conn, adopt bool) (changed b
 		}
 	}
 	var trunk netlink.Link
-	if bridged {
+	if trunked {
 		if trunk, err = d.trunk(dom); err != nil {
 			return false, err
 		}
@@ -343,7 +345,7 @@ func (d *Dataplane) connect(ctx context.Context, c *Conn, adopt bool) (changed b
 		}
 	}
 	for i, s := range sides {
-		if tunnel[i] || (bridged && i == 1) {
+		if device[i] || (trunked && i == 1) {
 			continue
 		}
 		if err := s.EnsurePair(d.host, c.MTU); err != nil {
@@ -363,16 +365,16 @@ func (d *Dataplane) connect(ctx context.Context, c *Conn, adopt bool) (changed b
 		}
 	}
 
-	// Toward a veth whose peer is in another namespace the program enters
-	// it directly; toward a tunnel it sends out through the device, whose
-	// own address stands for the far side in IP mode.
-	if bridged {
+	if trunked {
 		// The trunk stands in for the endpoint's node end.
 		sides[1].Host = trunk
-		tunnel[1] = true
+		device[1] = true
 	}
+	// Toward a veth whose peer is in another namespace the program enters
+	// it directly; toward a device it sends out through it, and the
+	// device's own address stands for the far side in IP mode.
 	mac := func(i int) net.HardwareAddr {
-		if tunnel[i] {
+		if device[i] {
 			return sides[i].Host.Attrs().HardwareAddr
 		}
 		return sides[i].Peer.Attrs().HardwareAddr
@@ -380,15 +382,15 @@ func (d *Dataplane) connect(ctx context.Context, c *Conn, adopt bool) (changed b
 	cfg := xconnect.Config{
 		ClientIfindex:   sides[0].Host.Attrs().Index,
 		EndpointIfindex: sides[1].Host.Attrs().Index,
-		PeerClient:      !tunnel[0] && !sides[0].SameNS,
-		PeerEndpoint:    !tunnel[1] && !sides[1].SameNS,
+		PeerClient:      !device[0] && !sides[0].SameNS,
+		PeerEndpoint:    !device[1] && !sides[1].SameNS,
 		IPMode:          ipMode,
 		ClientMAC:       mac(0),
 		EndpointMAC:     mac(1),
 		EndpointVLAN:    dom.vid,
 	}
 	xo := d.xopts(pinDir)
-	if bridged {
+	if trunked {
 		xo.SharedIfindex = cfg.EndpointIfindex
 	}
 	if !reinstall {

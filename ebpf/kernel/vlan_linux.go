@@ -12,11 +12,6 @@ import (
 	"github.com/nsmfwd/nsmfwd/internal/vwire"
 )
 
-// ViaLabel is the connection label that names, through Options.VLANDevices
-// (NSM_DEVICE_SELECTOR_FILE), the host device a VLAN side leaves by, as in
-// NSM's forwarders.
-const ViaLabel = "via"
-
 // A VLAN side leaves by a host device (the trunk) that every VLAN
 // connection through it shares. The connection's cross-connect program
 // tags what its client sends and, on the trunk's ingress, takes the frames
@@ -34,21 +29,8 @@ type vlanDomain struct {
 
 // vlanTarget resolves the domain of c's VLAN endpoint side.
 func (d *Dataplane) vlanTarget(c *Conn) (vlanDomain, error) {
-	field := vwire.ParamsField(forwarder.SideEndpoint)
-	if c.Payload == forwarder.PayloadIP {
-		return vlanDomain{}, forwarder.Errorf(forwarder.CodeInvalidArgument, "connection.payload", "VLAN carries ETHERNET payload, not IP")
-	}
-	vid, err := forwarder.ParseVLANID(c.Endpoint.Mechanism.Param(forwarder.ParamVLANID))
-	if err != nil {
-		return vlanDomain{}, &forwarder.Error{Code: forwarder.CodeInvalidArgument, Field: field + forwarder.ParamVLANID, Err: err}
-	}
-	via := c.Labels[ViaLabel]
-	parent, ok := d.opts.VLANDevices[via]
-	if !ok {
-		return vlanDomain{}, forwarder.Errorf(forwarder.CodeInvalidArgument, "connection.labels."+ViaLabel,
-			"no host device for via=%q in the device selector (NSM_DEVICE_SELECTOR_FILE)", via)
-	}
-	return vlanDomain{parent: parent, vid: vid}, nil
+	dev, vid, err := forwarder.VLANTarget(c, d.opts.VLANDevices, vwire.ParamsField(forwarder.SideEndpoint))
+	return vlanDomain{parent: dev, vid: vid}, err
 }
 
 // checkVLAN validates a VLAN endpoint side without touching the node.

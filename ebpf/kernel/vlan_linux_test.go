@@ -42,7 +42,7 @@ func TestVLANTrunk(t *testing.T) {
 	before := nstest.BPFProgIDs(t)
 	conn := func(id, addr, vid string) (*forwarder.Conn, peerNS) {
 		p := newPeer(t)
-		return &forwarder.Conn{ID: id, Payload: forwarder.PayloadEthernet, Labels: map[string]string{ViaLabel: "gw1"},
+		return &forwarder.Conn{ID: id, Payload: forwarder.PayloadEthernet, Labels: map[string]string{forwarder.ViaLabel: "gw1"},
 			Client: forwarder.Side{
 				Mechanism: forwarder.Mechanism{Type: forwarder.MechanismKernel, Params: map[string]string{forwarder.ParamNetNSURL: "file://" + p.path, forwarder.ParamIfName: "nsm0"}},
 				IP:        forwarder.IPConfig{Addrs: []netip.Prefix{netip.MustParsePrefix(addr)}},
@@ -91,7 +91,7 @@ func TestVLANTrunk(t *testing.T) {
 	// Bad input: IP payload, an unknown via label, no VLAN id.
 	for i, mod := range []func(c *forwarder.Conn){
 		func(c *forwarder.Conn) { c.Payload = forwarder.PayloadIP },
-		func(c *forwarder.Conn) { c.Labels[ViaLabel] = "nowhere" },
+		func(c *forwarder.Conn) { c.Labels[forwarder.ViaLabel] = "nowhere" },
 		func(c *forwarder.Conn) { delete(c.Endpoint.Mechanism.Params, forwarder.ParamVLANID) },
 	} {
 		c, _ := conn("vl-bad", "10.70.0.9/24", "100")

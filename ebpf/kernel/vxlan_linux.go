@@ -66,12 +66,9 @@ func (d *Dataplane) ensureVXLAN(c *Conn, s *vwire.End) error {
 	if err != nil {
 		return err
 	}
-	tmtu, err := vwire.TunnelMTU(d.host, d.opts.TunnelIP)
+	tmtu, err := vwire.TunnelMTU(d.host, d.opts.TunnelIP, forwarder.MechanismVXLAN, c)
 	if err != nil {
 		return err
-	}
-	if tmtu > 0 && (c.MTU == 0 || c.MTU > tmtu) {
-		c.MTU = tmtu
 	}
 	field := vwire.ParamsField(s.Kind) + forwarder.ParamVNI
 

@@ -5,22 +5,18 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/nsmfwd/nsmfwd/forwarder"
 )
 
-// VXLAN overheads: outer Ethernet is not counted in an MTU; outer IP, UDP,
-// the VXLAN header and the inner Ethernet header are.
-const (
-	VXLANOverhead4 = 20 + 8 + 8 + 14
-	VXLANOverhead6 = 40 + 8 + 8 + 14
-)
-
-// TunnelMTU is the largest inner MTU a VXLAN tunnel from tunnelIP carries:
-// the MTU of the link in h's namespace that holds tunnelIP, minus the
-// overhead; 0 if no link holds it.
-func TunnelMTU(h *netlink.Handle, tunnelIP netip.Addr) (uint32, error) {
-	family, overhead := netlink.FAMILY_V4, VXLANOverhead4
+// TunnelMTU is the largest inner MTU a tunnel of mechanism mech from
+// tunnelIP carries: the MTU of the link in h's namespace that holds
+// tunnelIP, minus the tunnel's overhead; 0 if no link holds it. c.MTU is
+// lowered to it.
+func TunnelMTU(h *netlink.Handle, tunnelIP netip.Addr, mech string, c *forwarder.Conn) (uint32, error) {
+	family := netlink.FAMILY_V4
 	if tunnelIP.Is6() {
-		family, overhead = netlink.FAMILY_V6, VXLANOverhead6
+		family = netlink.FAMILY_V6
 	}
 	addrs, err := Retry(func() ([]netlink.Addr, error) { return h.AddrList(nil, family) })
 	if err != nil {
@@ -32,7 +28,12 @@ func TunnelMTU(h *netlink.Handle, tunnelIP netip.Addr) (uint32, error) {
 			if err != nil {
 				return 0, fmt.Errorf("tunnel mtu: %w", err)
 			}
-			return uint32(max(l.Attrs().MTU-overhead, 0)), nil
+			mtu := uint32(max(l.Attrs().MTU, 0))
+			mtu -= min(mtu, forwarder.TunnelOverhead(mech, tunnelIP.Is6()))
+			if c.MTU == 0 || c.MTU > mtu {
+				c.MTU = mtu
+			}
+			return mtu, nil
 		}
 	}
 	return 0, nil
