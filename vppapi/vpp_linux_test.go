@@ -511,29 +511,16 @@ func testTunnel(t *testing.T, bin, mech string, payload forwarder.Payload, wantM
 	if out, err := nstest.Exec(t, aName, "ip", "link", "add", "up0", "type", "veth", "peer", "name", "up0", "netns", bName); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	type node struct {
-		vc *Conn
-		d  *Dataplane
-	}
+	type node = vppNode
 	mk := func(ns, path, ip string) node {
-		for _, args := range [][]string{{"ip", "addr", "add", ip + "/24", "dev", "up0"}, {"ip", "link", "set", "up0", "up"}, {"ip", "link", "set", "lo", "up"}} {
-			if out, err := nstest.Exec(t, ns, args...); err != nil {
-				t.Fatalf("%v: %v\n%s", args, err, out)
-			}
+		if out, err := nstest.Exec(t, ns, "ip", "addr", "add", ip+"/24", "dev", "up0"); err != nil {
+			t.Fatalf("%v\n%s", err, out)
 		}
-		vc := dialVPP(t, startVPP(t, bin, path))
-		if _, err := AttachUplink(context.Background(), vc, UplinkOptions{Name: "tn-" + ns, Mode: UplinkAFPacket, Interface: "up0", HostNetNS: path}); err != nil {
-			t.Fatal(err)
+		n := startNode(t, bin, ns, path, "up0", Options{Name: "tn-" + ns, TunnelIP: netip.MustParseAddr(ip)})
+		if !slices.Contains(n.d.Mechanisms(forwarder.SideClient), mech) {
+			t.Fatalf("%s not offered: %v", mech, n.d.Mechanisms(forwarder.SideClient))
 		}
-		d, err := New(context.Background(), Options{Name: "tn-" + ns, Conn: vc, HostNetNS: path, TunnelIP: netip.MustParseAddr(ip)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = d.Close() })
-		if !slices.Contains(d.Mechanisms(forwarder.SideClient), mech) {
-			t.Fatalf("%s not offered: %v", mech, d.Mechanisms(forwarder.SideClient))
-		}
-		return node{vc, d}
+		return n
 	}
 	a, b := mk(aName, aPath, "192.0.2.1"), mk(bName, bPath, "192.0.2.2")
 	cName, cPath := nstest.New(t)
@@ -620,24 +607,9 @@ func TestVLANDomains(t *testing.T) {
 	if out, err := nstest.Exec(t, nName, "ip", "link", "add", "phys0", "type", "veth", "peer", "name", "phys0", "netns", sName); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	type node struct {
-		vc *Conn
-		d  *Dataplane
-	}
+	type node = vppNode
 	mk := func(ns, path string) node {
-		if out, err := nstest.Exec(t, ns, "ip", "link", "set", "phys0", "up"); err != nil {
-			t.Fatalf("%v\n%s", err, out)
-		}
-		vc := dialVPP(t, startVPP(t, bin, path))
-		if _, err := AttachUplink(context.Background(), vc, UplinkOptions{Name: "vl-" + ns, Mode: UplinkAFPacket, Interface: "phys0", HostNetNS: path}); err != nil {
-			t.Fatal(err)
-		}
-		d, err := New(context.Background(), Options{Name: "vl-" + ns, Conn: vc, HostNetNS: path, VLANDevices: map[string]string{"gw1": "phys0"}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = d.Close() })
-		return node{vc, d}
+		return startNode(t, bin, ns, path, "phys0", Options{Name: "vl-" + ns, VLANDevices: map[string]string{"gw1": "phys0"}})
 	}
 	n, s := mk(nName, nPath), mk(sName, sPath)
 	conn := func(d *Dataplane, id, addr, vid string) (*forwarder.Conn, string) {
@@ -766,4 +738,33 @@ func kernelConn(id string, payload forwarder.Payload, cPath, ePath, prefix strin
 		}
 	}
 	return &forwarder.Conn{ID: id, Payload: payload, Client: side(cPath, "1"), Endpoint: side(ePath, "2")}
+}
+
+// vppNode is a "node" of a cross-node test: its VPP and dataplane.
+type vppNode struct {
+	vc *Conn
+	d  *Dataplane
+}
+
+// startNode brings link (and lo) up in the node namespace ns, starts a VPP
+// there with link attached as its uplink by af_packet, and returns it
+// with a dataplane made from opts (Conn and HostNetNS filled in).
+func startNode(t *testing.T, bin, ns, path, link string, opts Options) vppNode {
+	t.Helper()
+	for _, l := range []string{link, "lo"} {
+		if out, err := nstest.Exec(t, ns, "ip", "link", "set", l, "up"); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+	}
+	vc := dialVPP(t, startVPP(t, bin, path))
+	if _, err := AttachUplink(context.Background(), vc, UplinkOptions{Name: opts.Name, Mode: UplinkAFPacket, Interface: link, HostNetNS: path}); err != nil {
+		t.Fatal(err)
+	}
+	opts.Conn, opts.HostNetNS = vc, path
+	d, err := New(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Close() })
+	return vppNode{vc, d}
 }
