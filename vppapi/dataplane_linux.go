@@ -85,9 +85,10 @@ type Dataplane struct {
 	host   *netlink.Handle
 	locks  keyed.Mutex
 
-	tunnelMu sync.Mutex // VNI choice, VXLAN tunnels, VLAN domains
-	memifs   memifWatch // memif peers seen connected, for Alive
-	wg       wgKeys     // private keys of pending WireGuard offers
+	tunnelMu  sync.Mutex // VNI choice, VXLAN tunnels, VLAN domains
+	pinholeMu sync.Mutex // the uplink's pinhole ACL
+	memifs    memifWatch // memif peers seen connected, for Alive
+	wg        wgKeys     // private keys of pending WireGuard offers
 
 	mu   sync.RWMutex
 	conn *Conn
@@ -291,6 +292,12 @@ func (d *Dataplane) connect(ctx context.Context, vc *Conn, c *forwarder.Conn, fo
 		if c.Endpoint.Mechanism.Type == forwarder.MechanismVLAN {
 			errs = append(errs, d.pruneVLAN(rctx, vc))
 		}
+		for _, s := range sides {
+			if s.vifNew && isTunnel(s.vif) {
+				errs = append(errs, d.syncPinholes(rctx, vc))
+				break
+			}
+		}
 		if rerr := errors.Join(errs...); rerr != nil {
 			log.ErrorContext(rctx, "connect rollback incomplete", "error", rerr)
 		}
@@ -384,6 +391,15 @@ func (d *Dataplane) connect(ctx context.Context, vc *Conn, c *forwarder.Conn, fo
 		}
 		if err := setUp(ctx, vc, s.vif.index); err != nil {
 			return changed, err
+		}
+	}
+	for _, s := range sides {
+		if s.vifNew && isTunnel(s.vif) {
+			// A new tunnel: its far end gets a pinhole in the uplink.
+			if err := d.syncPinholes(ctx, vc); err != nil {
+				return changed, err
+			}
+			break
 		}
 	}
 	nst := &connState{conn: c.Clone()}
@@ -580,6 +596,7 @@ func (d *Dataplane) remove(ctx context.Context, vc *Conn, id string, found map[s
 	st := d.live[id]
 	delete(d.live, id)
 	d.mu.Unlock()
+	reconciling := found != nil
 	if found == nil && st == nil {
 		var err error
 		if found, err = dumpTagged(ctx, vc, tagPrefix(d.opts.Name)); err != nil {
@@ -587,6 +604,7 @@ func (d *Dataplane) remove(ctx context.Context, vc *Conn, id string, found map[s
 		}
 	}
 	var errs []error
+	tunnel := false
 	for _, k := range []forwarder.SideKind{forwarder.SideClient, forwarder.SideEndpoint} {
 		i := sideIndex(k)
 		var v *vppIf
@@ -597,6 +615,7 @@ func (d *Dataplane) remove(ctx context.Context, vc *Conn, id string, found map[s
 		}
 		if v != nil {
 			errs = append(errs, deleteIf(ctx, vc, *v))
+			tunnel = tunnel || isTunnel(v)
 		}
 		if st != nil && st.sock[i] != nil {
 			errs = append(errs, delMemifSocket(ctx, vc, *st.sock[i]))
@@ -616,6 +635,10 @@ func (d *Dataplane) remove(ctx context.Context, vc *Conn, id string, found map[s
 		}
 	}
 	errs = append(errs, d.pruneVLAN(ctx, vc))
+	if tunnel && !reconciling {
+		// (A Reconcile, which passes found, syncs once at its end.)
+		errs = append(errs, d.syncPinholes(ctx, vc))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("disconnect %q: %w", id, err)
 	}

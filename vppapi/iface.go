@@ -189,11 +189,7 @@ func setUp(ctx context.Context, c *Conn, idx interface_types.InterfaceIndex) err
 // deleteIf removes a VPP interface nsmfwd created, by its device type.
 func deleteIf(ctx context.Context, c *Conn, v vppIf) error {
 	var req, rep api.Message
-	dev := strings.ToLower(strings.ReplaceAll(v.devType, "-", "_"))
-	if strings.HasPrefix(dev, "wireguard") { // "Wireguard Tunnel" in dumps
-		dev = "wireguard"
-	}
-	switch dev {
+	switch dev := v.kind(); dev {
 	case "af_packet":
 		req, rep = &af_packet.AfPacketDelete{HostIfName: strings.TrimPrefix(v.name, "host-")}, &af_packet.AfPacketDeleteReply{}
 	case "af_xdp":
@@ -213,6 +209,16 @@ func deleteIf(ctx context.Context, c *Conn, v vppIf) error {
 		return fmt.Errorf("delete interface %s: %w", v.name, err)
 	}
 	return nil
+}
+
+// kind is the interface's device type as created ("af_packet", "vxlan",
+// "wireguard"...), whether it came from a create or a dump.
+func (v vppIf) kind() string {
+	dev := strings.ToLower(strings.ReplaceAll(v.devType, "-", "_"))
+	if strings.HasPrefix(dev, "wireguard") { // "Wireguard Tunnel" in dumps
+		dev = "wireguard"
+	}
+	return dev
 }
 
 func isNoSuchEntry(err error) bool {

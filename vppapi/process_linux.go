@@ -87,6 +87,7 @@ plugins {
   plugin ping_plugin.so { enable }
   plugin vxlan_plugin.so { enable }
   plugin wireguard_plugin.so { enable }
+  plugin acl_plugin.so { enable }
   plugin dpdk_plugin.so { disable }
 }
 {{.Extra}}

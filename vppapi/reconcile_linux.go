@@ -116,7 +116,7 @@ func (d *Dataplane) Reconcile(ctx context.Context, wanted []*forwarder.Conn) (fo
 			res.Removed = append(res.Removed, dir)
 		}
 	}
-	errs = append(errs, d.pruneVLAN(ctx, vc))
+	errs = append(errs, d.pruneVLAN(ctx, vc), d.syncPinholes(ctx, vc))
 	if len(res.Failed) == 0 {
 		res.Failed = nil
 	}

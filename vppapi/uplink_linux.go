@@ -51,6 +51,9 @@ type Uplink struct {
 	MTU    int
 	Addrs  []netip.Prefix
 	Routes []string
+	// Protected reports that only the pinholes of live tunnels (and the
+	// ICMP VPP needs) are let into VPP from the uplink.
+	Protected bool
 }
 
 // uplinkTag is the tag of the uplink's VPP interface.
@@ -122,8 +125,20 @@ func AttachUplink(ctx context.Context, vc *Conn, opts UplinkOptions) (*Uplink, e
 	if err := uplinkConfigure(ctx, vc, h, link, up); err != nil {
 		return nil, fmt.Errorf("vpp uplink %s: %w", a.Name, err)
 	}
+	if vc.Supports(ACLMessages()...) {
+		ps, err := tunnelPinholes(ctx, vc, opts.Name)
+		if err == nil {
+			err = applyPinholes(ctx, vc, opts.Name, up.Index, ps)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("vpp uplink %s: %w", a.Name, err)
+		}
+		up.Protected = true
+	} else {
+		log.WarnContext(ctx, "VPP has no acl plugin: the uplink is attached without pinholes, VPP answers whatever reaches it", "host_if", a.Name)
+	}
 	log.InfoContext(ctx, "uplink attached to VPP", "host_if", a.Name, "mode", opts.Mode, "adopted", adopted,
-		"mtu", up.MTU, "addrs", up.Addrs, "routes", up.Routes)
+		"mtu", up.MTU, "addrs", up.Addrs, "routes", up.Routes, "protected", up.Protected)
 	return up, nil
 }
 

@@ -15,7 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"go.fd.io/govpp/binapi/acl"
 	"go.fd.io/govpp/binapi/interface_types"
+	"go.fd.io/govpp/binapi/ip_types"
 	"go.fd.io/govpp/binapi/l2"
 	"go.fd.io/govpp/binapi/vlib"
 	"golang.org/x/sys/unix"
@@ -120,6 +122,40 @@ func nsPing(t *testing.T, ns, to string) {
 		}
 	}
 	t.Fatalf("ping %s from %s: %v\n%s", to, ns, err, out)
+}
+
+// pingNoDup pings to from ns and fails on a duplicate reply: the host and
+// a VPP that shares its uplink address would both answer without the
+// uplink's ACL.
+func pingNoDup(t *testing.T, ns, to string) {
+	t.Helper()
+	nsPing(t, ns, to)
+	out, err := nstest.Exec(t, ns, "ping", "-c", "4", "-i", "0.2", "-W", "1", to)
+	if err != nil || strings.Contains(out, "DUP!") {
+		t.Fatalf("ping %s from %s: want one reply each, from the host only: %v\n%s", to, ns, err, out)
+	}
+}
+
+// pinholes lists the UDP flows the uplink's pinhole ACL of a forwarder
+// name lets in, as "src -> dst:port"; ok is false without the ACL.
+func pinholes(t *testing.T, c *Conn, name string) (flows []string, ok bool) {
+	t.Helper()
+	all, err := Dump[*acl.ACLDetails](context.Background(), c, &acl.ACLDump{ACLIndex: ^uint32(0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range all {
+		if a.Tag != pinholeTag(name) {
+			continue
+		}
+		ok = true
+		for _, r := range a.R {
+			if r.Proto == ip_types.IP_API_PROTO_UDP {
+				flows = append(flows, fmt.Sprintf("%s -> %s:%d", fromVPPPrefix(r.SrcPrefix).Addr(), fromVPPPrefix(r.DstPrefix).Addr(), r.DstportOrIcmpcodeFirst))
+			}
+		}
+	}
+	return flows, ok
 }
 
 func memifTestConn(id string, payload forwarder.Payload, epPath string) *forwarder.Conn {
@@ -376,6 +412,15 @@ func TestUplink(t *testing.T) {
 				t.Fatalf("VPP FIB lacks the copied route:\n%s", fib)
 			}
 			vppPing(t, vc, "192.168.50.2")
+			if !up.Protected {
+				t.Fatal("uplink attached without its pinhole ACL")
+			}
+			if flows, ok := pinholes(t, vc, "uplink-test"); !ok || len(flows) != 0 {
+				t.Fatalf("pinholes %v (ACL present: %v): want the ACL, with no flow open", flows, ok)
+			}
+			if mode == UplinkAFPacket { // AF_XDP takes the packets from the host
+				pingNoDup(t, farName, "192.168.50.1")
+			}
 
 			again, err := AttachUplink(context.Background(), vc, opts)
 			if err != nil {
@@ -551,6 +596,21 @@ func testTunnel(t *testing.T, bin, mech string, payload forwarder.Payload, wantM
 		t.Fatalf("node A: %v", err)
 	}
 	nsPing(t, cName, "10.72.0.2")
+	port := "4789"
+	if mech == forwarder.MechanismWireGuard {
+		port = "51820"
+	}
+	for _, n := range []struct {
+		nd       node
+		name     string
+		from, to string
+	}{{a, aName, "192.0.2.2", "192.0.2.1"}, {b, bName, "192.0.2.1", "192.0.2.2"}} {
+		want := []string{n.from + " -> " + n.to + ":" + port}
+		if flows, _ := pinholes(t, n.nd.vc, "tn-"+n.name); !slices.Equal(flows, want) {
+			t.Fatalf("pinholes on %s: %v, want %v", n.name, flows, want)
+		}
+	}
+	pingNoDup(t, aName, "192.0.2.2")
 	// A refresh on both keeps the tunnels.
 	before := sorted(taggedIfs(t, b.vc, "tn-"+bName))
 	if err := b.d.Connect(context.Background(), cb.Clone()); err != nil {
@@ -587,6 +647,9 @@ func testTunnel(t *testing.T, bin, mech string, payload forwarder.Payload, wantM
 		}
 		if left := taggedIfs(t, n.nd.vc, "tn-"+n.name); len(left) != 1 { // the uplink
 			t.Fatalf("VPP interfaces left on %s: %v", n.name, left)
+		}
+		if flows, ok := pinholes(t, n.nd.vc, "tn-"+n.name); !ok || len(flows) != 0 {
+			t.Fatalf("pinholes left on %s: %v (ACL present: %v)", n.name, flows, ok)
 		}
 		if got := nstest.Links(t, n.path); !slices.Equal(got, []string{"lo", "up0"}) {
 			t.Fatalf("links left on %s: %v", n.name, got)

@@ -121,6 +121,9 @@ func (d *Dataplane) DisconnectSide(ctx context.Context, id string, side forwarde
 	}
 	if gone != nil {
 		errs = append(errs, deleteIf(ctx, vc, *gone))
+		if isTunnel(gone) {
+			errs = append(errs, d.syncPinholes(ctx, vc))
+		}
 	}
 	if sock != nil {
 		errs = append(errs, delMemifSocket(ctx, vc, *sock))

@@ -36,6 +36,8 @@ func WireGuardMessages() []api.Message {
 		&wireguard.WireguardInterfaceCreate{}, &wireguard.WireguardInterfaceCreateReply{},
 		&wireguard.WireguardInterfaceDelete{}, &wireguard.WireguardInterfaceDeleteReply{},
 		&wireguard.WireguardPeerAdd{}, &wireguard.WireguardPeerAddReply{},
+		&wireguard.WireguardInterfaceDump{}, &wireguard.WireguardInterfaceDetails{},
+		&wireguard.WireguardPeersDump{}, &wireguard.WireguardPeersDetails{},
 	}
 }
 
