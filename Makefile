@@ -29,9 +29,10 @@ test-interop: ## (root) nsmfwd as the forwarder of NSM sdk's own registry, NSMgr
 demo: build ## (root) connect a client to an endpoint (kernel/eBPF, or VPP when VPP_BIN or vpp is present), ping, close, show nothing is left
 	@bash deployments/demo/demo.sh $(BIN)
 
-bench: build ## (root) benchmark the dataplanes and the control plane into bench/results (BENCH_QUICK=1: brief, for CI)
+bench: build ## (root) benchmark the dataplanes and the control plane into bench/results, and VPP's memory and idle CPU (BENCH_QUICK=1: brief, for CI)
 	$(GO) build -o $(BIN)/nsmbench ./bench/cmd/nsmbench
 	$(BIN)/nsmbench -bin $(BIN) -out bench/results
+	@$(GO) test -run '^$$' -bench 'VPPMemory|VPPScheduling' -benchtime 1x ./vppapi/ > bench/results/vpp-node.txt; s=$$?; cat bench/results/vpp-node.txt; exit $$s
 
 generate: ## regenerate the eBPF objects with bpf2go (needs clang, llvm, libbpf-dev)
 	$(GO) generate ./ebpf/...

@@ -124,6 +124,8 @@ func (r *Results) WriteMarkdown(w io.Writer, o MarkdownOptions) error {
 		}
 	}
 
+	writeVPPSmall(&b, r.VPPSmall)
+
 	b.WriteString("## Targets\n\nReported, not asserted.\n\n| target | want | measured | met |\n|---|---|---|---|\n")
 	for _, t := range r.Targets {
 		met := "not measured"
@@ -151,3 +153,31 @@ func scale(s Stat, f float64) Stat {
 }
 
 func escapePipes(s string) string { return strings.ReplaceAll(s, "|", `\|`) }
+
+// writeVPPSmall renders the VPP small-node series.
+func writeVPPSmall(b *strings.Builder, vs *VPPSmallResult) {
+	b.WriteString("## VPP on a small node\n\n")
+	switch {
+	case vs == nil:
+		b.WriteString("Not run.\n\n")
+		return
+	case vs.Status != StatusMeasured:
+		fmt.Fprintf(b, "%s: %s\n\n", vs.Status, vs.Reason)
+		return
+	}
+	b.WriteString("nsmfwd with the VPP dataplane and its defaults for a VPP sharing the node's CPUs (KERNEL sides by veth + af_packet, " +
+		"8 KiB rx blocks, interfaces in interrupt mode, no poll sleep), driven over its unix socket; `nse` as the next hop. " +
+		"A burst is that many Requests sent at the same instant, each once, with NSM's 15 s deadline; latencies in ms " +
+		"(per-round percentiles, median and range over the rounds). Workloads IPv4-only unless marked, because of VPP 25.10's af_packet livelock " +
+		"(docs/operations.md).\n\n")
+	b.WriteString("| concurrent Requests | IPv6 | failed | setup p50 | setup p99 |\n|---:|---|---:|---:|---:|\n")
+	for _, x := range vs.Bursts {
+		fmt.Fprintf(b, "| %d | %s | %d of %d | %s | %s |\n", x.Concurrent, map[bool]string{true: "on", false: "off"}[x.IPv6],
+			x.Failed, x.Requests, formatAuto(x.SetupP50), formatAuto(x.SetupP99))
+	}
+	b.WriteString("\n| live conns | VPP RSS (MiB) | VPP RSS / conn (KiB) |\n|---:|---:|---:|\n")
+	for _, m := range vs.Memory {
+		fmt.Fprintf(b, "| %d | %s | %s |\n", m.Live, FormatStat(scale(m.RSSKiB, 1.0/1024), 1), formatAuto(m.PerConnKiB))
+	}
+	b.WriteString("\n")
+}

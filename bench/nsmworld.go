@@ -43,6 +43,13 @@ const maxAttempts = 3
 // newNSMWorld creates the namespaces and starts nse; the forwarder is
 // started by startForwarder.
 func newNSMWorld(ctx context.Context, e *Env, tag string) (*nsmWorld, error) {
+	// Large enough for 1,000 connections and more (two addresses each).
+	return newNSMWorldCIDR(ctx, e, tag, "169.254.0.0/16,fd00:5::/112")
+}
+
+// newNSMWorldCIDR is newNSMWorld with the endpoint handing out addresses
+// from cidr (NSM_CIDR_PREFIX).
+func newNSMWorldCIDR(ctx context.Context, e *Env, tag, cidr string) (*nsmWorld, error) {
 	w := &nsmWorld{e: e, tag: tag, name: e.ID + "-" + tag, dir: filepath.Join(e.Dir, tag)}
 	if err := os.MkdirAll(w.dir, 0o750); err != nil {
 		return nil, fmt.Errorf("world dir: %w", err)
@@ -61,8 +68,7 @@ func newNSMWorld(ctx context.Context, e *Env, tag string) (*nsmWorld, error) {
 		"NSM_NAME=nse-" + w.name,
 		"NSM_LISTEN_ON=unix://" + sock,
 		"NSM_SERVICE_NAMES=" + benchService,
-		// Large enough for 1,000 connections and more (two addresses each).
-		"NSM_CIDR_PREFIX=169.254.0.0/16,fd00:5::/112",
+		"NSM_CIDR_PREFIX=" + cidr,
 		"NSM_LOG_LEVEL=WARN",
 	}, inNS(w.endpoint, filepath.Join(e.Bin, "nse"))...)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/xml"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -33,6 +34,15 @@ func sample() *Results {
 			{Key: VPPAFXDPKey, Title: "VPP AF_XDP | x", Status: StatusSkipped, Reason: "VPP dataplane not implemented yet"},
 		},
 		ControlPlane: &ControlPlaneResult{Status: StatusMeasured},
+		VPPSmall: &VPPSmallResult{Status: StatusMeasured,
+			Bursts: []VPPBurst{
+				{Concurrent: 1, Requests: 3, SetupP50: Summarize([]float64{90, 95, 100}), SetupP99: Summarize([]float64{90, 95, 100})},
+				{Concurrent: 30, Requests: 90, SetupP50: Summarize([]float64{400, 420, 410}), SetupP99: Summarize([]float64{800, 900, 1100})},
+				{Concurrent: 30, IPv6: true, Requests: 30, Failed: 12, SetupP50: Summarize([]float64{3000}), SetupP99: Summarize([]float64{15000})},
+			},
+			Memory: []VPPMemory{{Live: 10, RSSKiB: Summarize([]float64{348000}), PerConnKiB: Summarize([]float64{3140})},
+				{Live: 100, RSSKiB: Summarize([]float64{625000}), PerConnKiB: Summarize([]float64{3084})}},
+		},
 	}
 	for _, n := range []int{1, 10, 100, 1000} {
 		f := float64(n)
@@ -64,12 +74,16 @@ func TestComputeRatios(t *testing.T) {
 func TestEvaluateTargets(t *testing.T) {
 	r := sample()
 	want := map[string]string{
-		"setup p50 at 1,000 live":                   "yes",
-		"setup p99 at 1,000 live":                   "yes",
-		"setup p99 at 1,000 / at 10":                "yes",
-		"forwarder memory per connection":           "yes",
-		"eBPF cross-connect vs reference, 64 B pps": "yes",
-		"VPP AF_XDP vs VPP af_packet, 64 B pps":     "not measured",
+		"setup p50 at 1,000 live":                                       "yes",
+		"setup p99 at 1,000 live":                                       "yes",
+		"setup p99 at 1,000 / at 10":                                    "yes",
+		"forwarder memory per connection":                               "yes",
+		"eBPF cross-connect vs reference, 64 B pps":                     "yes",
+		"VPP AF_XDP vs VPP af_packet, 64 B pps":                         "not measured",
+		"VPP af_packet, default scheduling vs busy polling, TCP":        "not measured",
+		"VPP af_packet, default scheduling vs busy polling, UDP 1500 B": "not measured",
+		"VPP: 30 concurrent Requests":                                   "no", // the worst round's p99 is 1.1 s
+		"VPP memory per connection at 100":                              "yes",
 	}
 	for _, tg := range r.Targets {
 		got := "not measured"
@@ -109,10 +123,37 @@ func TestMarkdown(t *testing.T) {
 		"![setup latency against live connections](s.svg)",
 		"| eBPF cross-connect vs reference, 64 B pps | ≥ 1.5× | 2.00× | yes |",
 		"Note: VPP compiling.",
+		"## VPP on a small node",
+		"| 30 | on | 12 of 30 |",
+		"| 100 | 610.4 | 3084 |",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q:\n%s", want, md)
 		}
+	}
+}
+
+// The scheduling targets compare the default af_packet row with the
+// busy-polling one, round by round.
+func TestSchedulingTargets(t *testing.T) {
+	r := sample()
+	row := func(key string, tcp, udp []float64) DataplaneResult {
+		return DataplaneResult{Key: key, Status: StatusMeasured,
+			Metrics: map[string]Stat{MetricTCP: Summarize(tcp), MetricUDP1500: Summarize(udp)}}
+	}
+	r.Dataplanes = append(r.Dataplanes[:2], row(VPPAFPacketKey, []float64{2.7, 2.8, 2.9}, []float64{1, 1, 1}),
+		row(VPPAFPacketBusyKey, []float64{3, 3, 3}, []float64{2, 2, 2}))
+	got := map[string]string{}
+	for _, tg := range EvaluateTargets(r) {
+		if tg.Met != nil {
+			got[tg.Name] = fmt.Sprintf("%s %v", tg.Measured, *tg.Met)
+		}
+	}
+	if g := got["VPP af_packet, default scheduling vs busy polling, TCP"]; g != "0.93× true" {
+		t.Errorf("TCP: %q", g)
+	}
+	if g := got["VPP af_packet, default scheduling vs busy polling, UDP 1500 B"]; g != "0.50× false" {
+		t.Errorf("UDP: %q", g)
 	}
 }
 
@@ -129,7 +170,7 @@ func TestJSONRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Row(EBPFKey).Ratios[MetricUDP64].Median != 2 || got.ControlPlane.Levels[3].Live != 1000 || len(got.Targets) != 6 {
+	if got.Row(EBPFKey).Ratios[MetricUDP64].Median != 2 || got.ControlPlane.Levels[3].Live != 1000 || len(got.Targets) != 10 || got.VPPSmall.burst(30, true).Failed != 12 {
 		t.Fatalf("round trip lost data: %+v", got)
 	}
 }

@@ -41,6 +41,14 @@ const (
 	EBPFKey        = "kernel-ebpf"
 	VPPAFPacketKey = "vpp-af-packet"
 	VPPAFXDPKey    = "vpp-af-xdp"
+	// VPPAFPacketGSOKey is af_packet with rings large enough for GSO.
+	VPPAFPacketGSOKey = "vpp-af-packet-gso"
+	// VPPAFPacketBusyKey is af_packet with the interfaces polled (VPP
+	// busy-polling), the baseline of the scheduling defaults' cost.
+	VPPAFPacketBusyKey = "vpp-af-packet-busy"
+	// VPPAFPacketSleepKey is af_packet with VPP's poll sleep of 100 µs,
+	// the other way to keep VPP from holding a core.
+	VPPAFPacketSleepKey = "vpp-af-packet-sleep"
 )
 
 // DataplaneMetrics lists the dataplane figures in table order.
@@ -62,7 +70,9 @@ type Results struct {
 	Metrics      []Metric            `json:"metrics"`
 	Dataplanes   []DataplaneResult   `json:"dataplanes"`
 	ControlPlane *ControlPlaneResult `json:"control_plane"`
-	Targets      []Target            `json:"targets"`
+	// VPPSmall is the VPP small-node series (absent from older results).
+	VPPSmall *VPPSmallResult `json:"vpp_small_node,omitempty"`
+	Targets  []Target        `json:"targets"`
 }
 
 // Host describes the machine the run happened on.

@@ -18,6 +18,8 @@ type Options struct {
 	Rounds  int
 	Traffic TrafficOptions
 	CP      CPOptions
+	// VPPSmall is the VPP small-node series (needs VPP).
+	VPPSmall VPPSmallOptions
 	// Note is recorded with the host (BENCH_NOTE).
 	Note string
 }
@@ -27,8 +29,9 @@ func DefaultOptions(quick bool) Options {
 	if quick {
 		return Options{
 			Quick: true, Rounds: 1,
-			Traffic: TrafficOptions{Seconds: 1, PingCount: 200, PingInterval: time.Millisecond},
-			CP:      CPOptions{Levels: []int{1, 10, 50}, Rounds: 1, Probes: 5, Concurrency: 4},
+			Traffic:  TrafficOptions{Seconds: 1, PingCount: 200, PingInterval: time.Millisecond},
+			CP:       CPOptions{Levels: []int{1, 10, 50}, Rounds: 1, Probes: 5, Concurrency: 4},
+			VPPSmall: VPPSmallOptions{Bursts: []int{1, 10}, Rounds: 1, Live: []int{10}, Deadline: 15 * time.Second},
 		}
 	}
 	return Options{
@@ -37,6 +40,8 @@ func DefaultOptions(quick bool) Options {
 		// The 1,000 level takes most of the budget (about 80 s a round on
 		// 2 cores, setup slowing down as links accumulate): two rounds of it.
 		CP: CPOptions{Levels: []int{1, 10, 100, 1000}, Rounds: 3, MaxLevelRounds: 2, Probes: 50, Concurrency: 4},
+		// NSM's clients give a Request 15 s.
+		VPPSmall: VPPSmallOptions{Bursts: []int{1, 10, 30}, Rounds: 3, Live: []int{10, 100}, IPv6Burst: 30, Deadline: 15 * time.Second},
 	}
 }
 
@@ -67,6 +72,7 @@ func Run(ctx context.Context, e *Env, o Options) *Results {
 			r.Dataplanes = append(r.Dataplanes, DataplaneResult{Key: t.Key(), Title: t.Title(), Status: StatusSkipped, Reason: reason})
 		}
 		r.ControlPlane = &ControlPlaneResult{Status: StatusSkipped, Reason: reason}
+		r.VPPSmall = &VPPSmallResult{Status: StatusSkipped, Reason: reason}
 		r.Targets = EvaluateTargets(r)
 		return r
 	}
@@ -81,6 +87,14 @@ func Run(ctx context.Context, e *Env, o Options) *Results {
 		cp = &ControlPlaneResult{Status: StatusFailed, Reason: err.Error()}
 	}
 	r.ControlPlane = cp
+
+	e.Log.InfoContext(ctx, "VPP small-node series", "bursts", o.VPPSmall.Bursts, "live", o.VPPSmall.Live)
+	vs, err := RunVPPSmall(ctx, e, o.VPPSmall)
+	if err != nil {
+		e.Log.ErrorContext(ctx, "VPP small-node series failed", "err", err)
+		vs = &VPPSmallResult{Status: StatusFailed, Reason: err.Error()}
+	}
+	r.VPPSmall = vs
 	r.Targets = EvaluateTargets(r)
 	return r
 }

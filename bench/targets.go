@@ -67,6 +67,42 @@ func EvaluateTargets(r *Results) []Target {
 		}
 		add("VPP AF_XDP vs VPP af_packet, 64 B pps", "≥ 2×", false, "", false, note)
 	}
+
+	vs := r.VPPSmall
+	vsMissing := "VPP small-node series not run"
+	if vs != nil && vs.Reason != "" {
+		vsMissing = "VPP small-node series " + vs.Status + ": " + vs.Reason
+	}
+	if b := vs.burst(30, false); b != nil && b.SetupP99.N > 0 {
+		p99 := b.SetupP99.Max
+		add("VPP: 30 concurrent Requests", "all succeed, p99 ≤ 1 s", true,
+			fmt.Sprintf("%d of %d failed, p99 ≤ %.0f ms", b.Failed, b.Requests, p99), b.Failed == 0 && p99 <= 1000, "worst round's p99")
+	} else {
+		add("VPP: 30 concurrent Requests", "all succeed, p99 ≤ 1 s", false, "", false, vsMissing)
+	}
+	if m := vs.memory(100); m != nil && m.PerConnKiB.N > 0 {
+		mib := m.PerConnKiB.Median / 1024
+		add("VPP memory per connection at 100", "≤ 4 MiB", true, fmt.Sprintf("%.2f MiB", mib), mib <= 4, "VPP VmRSS growth / 100")
+	} else {
+		add("VPP memory per connection at 100", "≤ 4 MiB", false, "", false, vsMissing)
+	}
+
+	// What VPP's default scheduling on a shared node (poll sleep, nice)
+	// costs against busy polling.
+	busy := r.Row(VPPAFPacketBusyKey)
+	for _, m := range []struct{ metric, name string }{{MetricTCP, "TCP"}, {MetricUDP1500, "UDP 1500 B"}} {
+		name := "VPP af_packet, default scheduling vs busy polling, " + m.name
+		if busy != nil && afp != nil && busy.Status == StatusMeasured && afp.Status == StatusMeasured {
+			rt := Ratios(afp.Metrics[m.metric], busy.Metrics[m.metric])
+			add(name, "≥ 0.8×", rt.Valid(), fmt.Sprintf("%.2f×", rt.Median), rt.Median >= 0.8, "")
+		} else {
+			note := rowReason(r, VPPAFPacketBusyKey)
+			if afp == nil || afp.Status != StatusMeasured {
+				note = rowReason(r, VPPAFPacketKey)
+			}
+			add(name, "≥ 0.8×", false, "", false, note)
+		}
+	}
 	return out
 }
 

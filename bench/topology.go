@@ -41,6 +41,12 @@ func Topologies() []Topology {
 		reference{},
 		kernelEBPF{},
 		vppRow{key: VPPAFPacketKey, title: "nsmfwd VPP, veth + af_packet", tag: "vppafp", mode: "af_packet"},
+		vppRow{key: VPPAFPacketGSOKey, title: "nsmfwd VPP, veth + af_packet, GSO rings (24 MiB/conn)", tag: "vppgso", mode: "af_packet",
+			env: []string{"NSM_VPP_AF_PACKET_RX_BLOCK=69632"}},
+		vppRow{key: VPPAFPacketBusyKey, title: "nsmfwd VPP, veth + af_packet, interfaces polled", tag: "vppbusy", mode: "af_packet",
+			env: []string{"NSM_VPP_RX_MODE=polling"}},
+		vppRow{key: VPPAFPacketSleepKey, title: "nsmfwd VPP, veth + af_packet, poll sleep 100 µs", tag: "vppsleep", mode: "af_packet",
+			env: []string{"NSM_VPP_POLL_SLEEP_USEC=100"}},
 		vppRow{key: VPPAFXDPKey, title: "nsmfwd VPP, veth + AF_XDP", tag: "vppxdp", mode: "af_xdp"},
 		vppRow{key: "vpp-tap", title: "nsmfwd VPP, tap", tag: "vpptap", mode: "tap"},
 		unmeasurable{key: "vpp-memif", title: "nsmfwd VPP, memif to a VPP peer",
@@ -56,8 +62,12 @@ func VPPBinary() string {
 }
 
 // vppRow is a VPP dataplane row: nsmfwd with NSM_DATAPLANE=vpp starting
-// its own VPP (VPP_BIN) in the node namespace, KERNEL sides in mode.
-type vppRow struct{ key, title, tag, mode string }
+// its own VPP (VPP_BIN) in the node namespace, KERNEL sides in mode, with
+// env added to nsmfwd's environment.
+type vppRow struct {
+	key, title, tag, mode string
+	env                   []string
+}
 
 func (v vppRow) Key() string   { return v.key }
 func (v vppRow) Title() string { return v.title }
@@ -74,8 +84,9 @@ func (v vppRow) Unavailable() string {
 func (v vppRow) Setup(ctx context.Context, e *Env) (Path, func() error, error) {
 	bin := VPPBinary()
 	return setupForwarderRow(ctx, e, v.tag, func(w *nsmWorld) []string {
-		return []string{"NSM_DATAPLANE=vpp", "VPP_BIN=" + bin, "NSM_VPP_KERNEL_MODE=" + v.mode,
+		env := []string{"NSM_DATAPLANE=vpp", "VPP_BIN=" + bin, "NSM_VPP_KERNEL_MODE=" + v.mode,
 			"NSM_VPP_RUNTIME_DIR=" + filepath.Join(w.dir, "vpp"), "NSM_VPP_MEMIF_DIR=" + filepath.Join(w.dir, "memif")}
+		return append(env, v.env...)
 	}, stopVPP)
 }
 

@@ -66,6 +66,20 @@ type Options struct {
 	// (attached to VPP) its VLAN side leaves by; without any, VLAN is not
 	// offered.
 	VLANDevices map[string]string
+	// Rings size the rings of the interfaces of connections; zero fields
+	// take DefaultRings' values.
+	Rings Rings
+	// RxMode is the rx mode given to the interfaces of connections
+	// (RxModeInterrupt or RxModePolling; "" leaves VPP's defaults, under
+	// which AF_XDP, tap and a connected memif are polled and af_packet is
+	// not). A memif gets it when its peer connects, as VPP only then has
+	// its queues.
+	RxMode string
+	// Buffers is VPP's buffers-per-numa when known (a local VPP), 0
+	// otherwise. Every AF_XDP interface keeps its fill queue stocked with
+	// VPP buffers, so a KERNEL side in AF_XDP mode is refused with
+	// ResourceExhausted when the pool could not feed one more.
+	Buffers int
 	// Logger receives the dataplane's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -90,9 +104,10 @@ type Dataplane struct {
 	memifs    memifWatch // memif peers seen connected, for Alive
 	wg        wgKeys     // private keys of pending WireGuard offers
 
-	mu   sync.RWMutex
-	conn *Conn
-	live map[string]*connState // what this process built, for replay
+	mu         sync.RWMutex
+	conn       *Conn
+	live       map[string]*connState // what this process built, for replay
+	xdpPending int                   // AF_XDP interfaces being created
 }
 
 // connState is one connection's VPP objects.
@@ -120,6 +135,15 @@ func New(_ context.Context, opts Options) (*Dataplane, error) {
 	if opts.MemifDir == "" {
 		opts.MemifDir = DefaultMemifDir
 	}
+	if err := opts.Rings.Validate(); err != nil {
+		return nil, fmt.Errorf("vpp dataplane: %w", err)
+	}
+	switch opts.RxMode {
+	case "", RxModeInterrupt, RxModePolling:
+	default:
+		return nil, fmt.Errorf("vpp dataplane: rx mode %q is not %s or %s", opts.RxMode, RxModeInterrupt, RxModePolling)
+	}
+	opts.Rings = opts.Rings.withDefaults()
 	if opts.VXLANPort == 0 {
 		opts.VXLANPort = forwarder.VXLANPort
 	}
@@ -239,6 +263,7 @@ type side struct {
 	sockNew bool
 	peerMAC net.HardwareAddr // the MAC VPP sends to on this side (nil: memif IP)
 	nbma    bool             // a WireGuard interface: routes need a next hop
+	release func()           // gives back a reservation of VPP buffers
 }
 
 func sideIndex(k forwarder.SideKind) int {
@@ -265,6 +290,9 @@ func (d *Dataplane) connect(ctx context.Context, vc *Conn, c *forwarder.Conn, fo
 		for _, s := range sides {
 			if s.end != nil {
 				s.end.Close()
+			}
+			if s.release != nil {
+				s.release()
 			}
 		}
 	}()
@@ -455,10 +483,13 @@ func (d *Dataplane) kernelSide(ctx context.Context, vc *Conn, c *forwarder.Conn,
 	if _, err := e.ConfigurePeer(c.MTU, ipMode, true); err != nil {
 		return err
 	}
-	if d.opts.KernelMode == ModeAFXDP {
+	geom := d.opts.Rings.afPacket(c.MTU)
+	if d.opts.KernelMode == ModeAFXDP || !geom.gso() {
 		// AF_XDP hands VPP raw frames, checksums left for offload
-		// included, and has no virtio-net header to say so: the workload
-		// computes its checksums itself.
+		// included, and has no virtio-net header to say so; af_packet
+		// rings smaller than a GSO frame would truncate one. Either way
+		// the workload computes its checksums itself, which also turns
+		// TSO off, so its frames never exceed the MTU.
 		if err := vwire.DisableTxChecksum(e.NS, e.IfName); err != nil {
 			return fmt.Errorf("connect %s: %w", s.kind, err)
 		}
@@ -477,9 +508,12 @@ func (d *Dataplane) kernelSide(ctx context.Context, vc *Conn, c *forwarder.Conn,
 	if s.vif == nil {
 		var v vppIf
 		if d.opts.KernelMode == ModeAFXDP {
-			v, err = createAFXDP(ctx, vc, e.HostName, "xdp-"+e.HostName, hw)
+			if s.release, err = d.reserveXDP(); err != nil {
+				return err
+			}
+			v, err = createAFXDP(ctx, vc, e.HostName, "xdp-"+e.HostName, hw, d.opts.Rings.AFXDPQueue)
 		} else {
-			v, err = createAFPacket(ctx, vc, e.HostName, hw)
+			v, err = createAFPacket(ctx, vc, e.HostName, hw, geom)
 		}
 		if err != nil {
 			return err
@@ -488,12 +522,54 @@ func (d *Dataplane) kernelSide(ctx context.Context, vc *Conn, c *forwarder.Conn,
 		if err := setTag(ctx, vc, v.index, tag); err != nil {
 			return err
 		}
+		// af_packet starts in interrupt mode, AF_XDP polled.
+		if m := d.opts.RxMode; m == RxModePolling || (m == RxModeInterrupt && d.opts.KernelMode == ModeAFXDP) {
+			if err := setRxMode(ctx, vc, v.index, m); err != nil {
+				return err
+			}
+		}
 	} else if ipMode {
 		if err := setMAC(ctx, vc, s.vif.index, hw); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// bufferReserve is what VPP's buffer pool keeps besides AF_XDP fill
+// queues: af_packet and memif rx, frames in flight, the uplink.
+const bufferReserve = 4096
+
+// reserveXDP reserves VPP buffers for one more AF_XDP interface: its fill
+// queue (one buffer per slot) and what its rx and tx hold in flight. With
+// the pool exhausted VPP would create the interface and silently drop what
+// it receives; refusing is the clear outcome.
+func (d *Dataplane) reserveXDP() (func(), error) {
+	if d.opts.Buffers == 0 {
+		return nil, nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := d.xdpPending
+	for _, st := range d.live {
+		for _, v := range st.ifs {
+			if v != nil && v.kind() == "af_xdp" {
+				n++
+			}
+		}
+	}
+	per := d.opts.Rings.AFXDPQueue + 128
+	if limit := (d.opts.Buffers - bufferReserve) / per; n+1 > limit {
+		return nil, forwarder.Errorf(forwarder.CodeResourceExhausted, "",
+			"VPP's buffer pool (%d buffers) feeds %d AF_XDP interfaces of queue %d and has %d: raise NSM_VPP_BUFFERS (about %d per connection) or use af_packet",
+			d.opts.Buffers, limit, d.opts.Rings.AFXDPQueue, n, 2*per)
+	}
+	d.xdpPending++
+	return func() {
+		d.mu.Lock()
+		d.xdpPending--
+		d.mu.Unlock()
+	}, nil
 }
 
 // tapSide builds a KERNEL side as a tap v2 interface that VPP creates
@@ -512,11 +588,16 @@ func (d *Dataplane) tapSide(ctx context.Context, vc *Conn, c *forwarder.Conn, s 
 		// VPP opens the namespace by path; it runs as another process, so
 		// the path names this process's descriptor of it.
 		nsPath := fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(e.NS))
-		v, err := createTap(ctx, vc, nsPath, e.IfName, tag, c.MTU, nil)
+		v, err := createTap(ctx, vc, nsPath, e.IfName, tag, c.MTU, nil, d.opts.Rings.TapRing)
 		if err != nil {
 			return err
 		}
 		s.vif, s.vifNew = &v, true
+		if d.opts.RxMode != "" {
+			if err := setRxMode(ctx, vc, v.index, d.opts.RxMode); err != nil {
+				return err
+			}
+		}
 		e.Created = true
 	}
 	var err error
@@ -561,7 +642,7 @@ func (d *Dataplane) memifSide(ctx context.Context, vc *Conn, c *forwarder.Conn, 
 			return err
 		}
 		s.sock, s.sockNew = &id, true
-		v, err := createMemif(ctx, vc, id, ipMode, nil)
+		v, err := createMemif(ctx, vc, id, ipMode, nil, d.opts.Rings)
 		if err != nil {
 			return err
 		}

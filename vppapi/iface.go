@@ -41,30 +41,11 @@ func mac(hw net.HardwareAddr) ethernet_types.MacAddress {
 	return m
 }
 
-// createAFPacket attaches host interface hostIf to VPP.
-//
-// Frames from the host's stack (a workload's veth, a veth uplink) carry
-// checksums left for offload and may be GSO super-frames: with
-// CKSUM_GSO VPP reads and writes the virtio-net header, so TCP and UDP
-// survive the trip (without it only ICMP would, as its checksum is never
-// offloaded). An rx block of 34 frames of 2048 bytes (17 pages: blocks
-// are whole pages) holds a 64 KiB GSO frame; tx frames are sized for one,
-// 16 of them (1 MiB). VPP keeps 160 rx blocks: about 11 MiB of rx ring
-// per interface.
-func createAFPacket(ctx context.Context, c *Conn, hostIf string, hw net.HardwareAddr) (vppIf, error) {
-	req := &af_packet.AfPacketCreateV3{
-		Mode:             af_packet.AF_PACKET_API_MODE_ETHERNET,
-		HostIfName:       hostIf,
-		UseRandomHwAddr:  hw == nil,
-		HwAddr:           mac(hw),
-		RxFrameSize:      2048,
-		TxFrameSize:      2048 * 33,
-		RxFramesPerBlock: 34,
-		TxFramesPerBlock: 16,
-		NumRxQueues:      1,
-		NumTxQueues:      1,
-		Flags:            af_packet.AF_PACKET_API_FLAG_CKSUM_GSO,
-	}
+// createAFPacket attaches host interface hostIf to VPP with rings of
+// geometry g (see afPacketGeometry.request for the virtio-net header).
+func createAFPacket(ctx context.Context, c *Conn, hostIf string, hw net.HardwareAddr, g afPacketGeometry) (vppIf, error) {
+	req := g.request(hostIf)
+	req.UseRandomHwAddr, req.HwAddr = hw == nil, mac(hw)
 	var rep af_packet.AfPacketCreateV3Reply
 	if err := c.Invoke(ctx, req, &rep); err != nil {
 		return vppIf{}, fmt.Errorf("af_packet attach %s: %w", hostIf, err)
@@ -73,8 +54,9 @@ func createAFPacket(ctx context.Context, c *Conn, hostIf string, hw net.Hardware
 }
 
 // createAFXDP attaches host interface hostIf to VPP with AF_XDP.
-func createAFXDP(ctx context.Context, c *Conn, hostIf, name string, hw net.HardwareAddr) (vppIf, error) {
-	req := &af_xdp.AfXdpCreateV3{HostIf: hostIf, Name: name, RxqNum: 1, Mode: af_xdp.AF_XDP_API_MODE_AUTO}
+func createAFXDP(ctx context.Context, c *Conn, hostIf, name string, hw net.HardwareAddr, queue int) (vppIf, error) {
+	req := &af_xdp.AfXdpCreateV3{HostIf: hostIf, Name: name, RxqNum: 1, Mode: af_xdp.AF_XDP_API_MODE_AUTO,
+		RxqSize: uint16(queue), TxqSize: uint16(queue)}
 	var rep af_xdp.AfXdpCreateV3Reply
 	if err := c.Invoke(ctx, req, &rep); err != nil {
 		return vppIf{}, fmt.Errorf("af_xdp attach %s: %w", hostIf, err)
@@ -90,15 +72,15 @@ func createAFXDP(ctx context.Context, c *Conn, hostIf, name string, hw net.Hardw
 
 // createTap creates a tap v2 interface named ifName in the namespace at
 // nsPath, VPP's end with MAC hw (nil: random).
-func createTap(ctx context.Context, c *Conn, nsPath, ifName, tag string, mtu uint32, hw net.HardwareAddr) (vppIf, error) {
+func createTap(ctx context.Context, c *Conn, nsPath, ifName, tag string, mtu uint32, hw net.HardwareAddr, ring int) (vppIf, error) {
 	req := &tapv2.TapCreateV3{
 		ID:               ^uint32(0),
 		UseRandomMac:     hw == nil,
 		MacAddress:       mac(hw),
 		NumRxQueues:      1,
 		NumTxQueues:      1,
-		TxRingSz:         256,
-		RxRingSz:         256,
+		TxRingSz:         uint16(ring),
+		RxRingSz:         uint16(ring),
 		HostNamespaceSet: true,
 		HostNamespace:    nsPath,
 		HostIfNameSet:    true,
@@ -133,19 +115,20 @@ func delMemifSocket(ctx context.Context, c *Conn, id uint32) error {
 }
 
 // createMemif creates a master memif on socket sock.
-func createMemif(ctx context.Context, c *Conn, sock uint32, ip bool, hw net.HardwareAddr) (vppIf, error) {
+func createMemif(ctx context.Context, c *Conn, sock uint32, ip bool, hw net.HardwareAddr, r Rings) (vppIf, error) {
 	mode := memif.MEMIF_MODE_API_ETHERNET
 	if ip {
 		mode = memif.MEMIF_MODE_API_IP
 	}
 	req := &memif.MemifCreateV2{
-		Role:     memif.MEMIF_ROLE_API_MASTER,
-		Mode:     mode,
-		RxQueues: 1,
-		TxQueues: 1,
-		SocketID: sock,
-		RingSize: 1024,
-		HwAddr:   mac(hw),
+		Role:       memif.MEMIF_ROLE_API_MASTER,
+		Mode:       mode,
+		RxQueues:   1,
+		TxQueues:   1,
+		SocketID:   sock,
+		RingSize:   uint32(r.MemifRing),
+		BufferSize: uint16(r.MemifBuffer),
+		HwAddr:     mac(hw),
 	}
 	var rep memif.MemifCreateV2Reply
 	if err := c.Invoke(ctx, req, &rep); err != nil {
@@ -219,6 +202,28 @@ func (v vppIf) kind() string {
 		dev = "wireguard"
 	}
 	return dev
+}
+
+// Rx modes of the interfaces the dataplane creates.
+const (
+	// RxModeInterrupt: VPP reads an interface when it signals (an fd or
+	// eventfd in VPP's epoll), and sleeps when none does.
+	RxModeInterrupt = "interrupt"
+	// RxModePolling: VPP reads the interface on every turn of its loop
+	// (a busy core, the lowest latency).
+	RxModePolling = "polling"
+)
+
+// setRxMode sets the rx mode of every rx queue of the interface idx.
+func setRxMode(ctx context.Context, c *Conn, idx interface_types.InterfaceIndex, mode string) error {
+	m := interface_types.RX_MODE_API_INTERRUPT
+	if mode == RxModePolling {
+		m = interface_types.RX_MODE_API_POLLING
+	}
+	if err := c.Invoke(ctx, &interfaces.SwInterfaceSetRxMode{SwIfIndex: idx, Mode: m}, &interfaces.SwInterfaceSetRxModeReply{}); err != nil {
+		return fmt.Errorf("rx mode %s on interface %d: %w", mode, idx, err)
+	}
+	return nil
 }
 
 func isNoSuchEntry(err error) bool {

@@ -31,6 +31,7 @@ func Messages() []api.Message {
 		&interfaces.SwInterfaceTagAddDel{}, &interfaces.SwInterfaceTagAddDelReply{},
 		&interfaces.SwInterfaceSetMtu{}, &interfaces.SwInterfaceSetMtuReply{},
 		&interfaces.SwInterfaceSetMacAddress{}, &interfaces.SwInterfaceSetMacAddressReply{},
+		&interfaces.SwInterfaceSetRxMode{}, &interfaces.SwInterfaceSetRxModeReply{},
 		&interfaces.SwInterfaceEvent{}, &interfaces.WantInterfaceEvents{}, &interfaces.WantInterfaceEventsReply{},
 		&af_packet.AfPacketCreateV3{}, &af_packet.AfPacketCreateV3Reply{},
 		&af_packet.AfPacketDelete{}, &af_packet.AfPacketDeleteReply{},

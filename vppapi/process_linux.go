@@ -35,12 +35,20 @@ type ProcessOptions struct {
 	MainHeap string
 	// Buffers is buffers-per-numa (default 16384).
 	Buffers int
-	// PollSleepUsec makes VPP's main thread sleep between polls, so on a
-	// small node it does not hold a core the control plane needs (default
-	// 100; 0 busy-polls).
+	// PollSleepUsec makes VPP's main thread sleep between turns of its
+	// loop (poll-sleep-usec; default 0). With interfaces in interrupt
+	// mode VPP sleeps in epoll anyway; see PlanSchedule.
 	PollSleepUsec *int
 	// MainCore pins VPP's main thread (-1, the default, leaves it unpinned).
 	MainCore int
+	// Workers are CPUs for VPP worker threads, one each (corelist-workers),
+	// which then poll the interfaces' rx queues. Empty: the main thread
+	// does everything.
+	Workers []int
+	// Nice is the nice value VPP starts with (0: the forwarder's). On a
+	// node where VPP shares cores, a positive one keeps VPP from taking a
+	// core the forwarder's control plane is waiting for.
+	Nice int
 	// Extra is appended verbatim to startup.conf.
 	Extra string
 	// Logger receives lifecycle logs; nil discards them.
@@ -75,8 +83,15 @@ socksvr { socket-name {{.Dir}}/api.sock }
 memory { main-heap-size {{.Heap}} main-heap-page-size 4k }
 buffers { buffers-per-numa {{.Buffers}} default data-size 2048 page-size 4k }
 statseg { socket-name {{.Dir}}/stats.sock size 32M page-size 4k }
+{{- if or (ge .MainCore 0) .Workers}}
+cpu {
 {{- if ge .MainCore 0}}
-cpu { main-core {{.MainCore}} }
+  main-core {{.MainCore}}
+{{- end}}
+{{- if .Workers}}
+  corelist-workers {{.Workers}}
+{{- end}}
+}
 {{- end}}
 plugins {
   plugin default { disable }
@@ -105,8 +120,18 @@ func StartupConf(opts ProcessOptions) (string, error) {
 	err := t.Execute(&b, map[string]any{
 		"Dir": opts.RuntimeDir, "Prefix": "nsmfwd" + strconv.FormatUint(uint64(hashDir(opts.RuntimeDir)), 16),
 		"Heap": opts.MainHeap, "Buffers": opts.Buffers, "PollSleep": poll, "MainCore": opts.MainCore, "Extra": opts.Extra,
+		"Workers": cpuList(opts.Workers),
 	})
 	return b.String(), err
+}
+
+// cpuList formats CPUs as VPP's corelist-workers wants them: "2,3,5".
+func cpuList(cpus []int) string {
+	out := make([]string, len(cpus))
+	for i, c := range cpus {
+		out[i] = strconv.Itoa(c)
+	}
+	return strings.Join(out, ",")
 }
 
 func hashDir(s string) uint32 {
@@ -125,7 +150,7 @@ func processDefaults(o ProcessOptions) ProcessOptions {
 		o.Buffers = 16384
 	}
 	if o.PollSleepUsec == nil {
-		v := 100
+		v := 0
 		o.PollSleepUsec = &v
 	}
 	return o
@@ -241,7 +266,7 @@ func (p *Process) start(ctx context.Context) error {
 	// Its own process group: a signal to the forwarder's group (Ctrl-C)
 	// does not take the datapath down.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	startIn := func() error { return cmd.Start() }
+	startIn := func() error { return withNice(p.opts.Nice, cmd.Start) }
 	if p.opts.NetNS != "" {
 		ns, err := inetns.Resolve(forwarder.NetNSRef{Path: p.opts.NetNS})
 		if err != nil {

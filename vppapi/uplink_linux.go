@@ -109,9 +109,9 @@ func AttachUplink(ctx context.Context, vc *Conn, opts UplinkOptions) (*Uplink, e
 	v, adopted := found[tag]
 	if !adopted {
 		if opts.Mode == UplinkAFXDP {
-			v, err = createAFXDP(ctx, vc, a.Name, "xdp-"+a.Name, a.HardwareAddr)
+			v, err = createAFXDP(ctx, vc, a.Name, "xdp-"+a.Name, a.HardwareAddr, 0)
 		} else {
-			v, err = createAFPacket(ctx, vc, a.Name, a.HardwareAddr)
+			v, err = createAFPacket(ctx, vc, a.Name, a.HardwareAddr, uplinkGeometry)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("vpp uplink: %w", err)

@@ -2,6 +2,7 @@ package vppapi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -45,7 +46,14 @@ func vppBinary(t testing.TB) string {
 }
 
 // startVPP starts a VPP in the namespace at nsPath, stopped at cleanup.
-func startVPP(t *testing.T, bin, nsPath string) *Process {
+func startVPP(t testing.TB, bin, nsPath string) *Process {
+	t.Helper()
+	return startVPPWith(t, bin, nsPath, ProcessOptions{})
+}
+
+// startVPPWith is startVPP with more options (Bin, RuntimeDir and NetNS are
+// filled in).
+func startVPPWith(t testing.TB, bin, nsPath string, o ProcessOptions) *Process {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "vpp") // short: unix socket paths are limited
 	if err != nil {
@@ -53,7 +61,8 @@ func startVPP(t *testing.T, bin, nsPath string) *Process {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	p, err := StartProcess(ctx, ProcessOptions{Bin: bin, RuntimeDir: dir, NetNS: nsPath, MainCore: -1})
+	o.Bin, o.RuntimeDir, o.NetNS, o.MainCore = bin, dir, nsPath, -1
+	p, err := StartProcess(ctx, o)
 	if err != nil {
 		t.Fatalf("start VPP: %v", err)
 	}
@@ -71,7 +80,7 @@ func startVPP(t *testing.T, bin, nsPath string) *Process {
 	return p
 }
 
-func dialVPP(t *testing.T, p *Process) *Conn {
+func dialVPP(t testing.TB, p *Process) *Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -184,7 +193,7 @@ func TestMemifPeerVPP(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(memifDir) })
-	d, err := New(context.Background(), Options{Name: "memif-test", Conn: fwdVPP, HostNetNS: nodePath, MemifDir: memifDir})
+	d, err := New(context.Background(), Options{Name: "memif-test", Conn: fwdVPP, HostNetNS: nodePath, MemifDir: memifDir, RxMode: RxModeInterrupt})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,6 +237,12 @@ func TestMemifPeerVPP(t *testing.T) {
 			if ok, why, err := d.Alive(context.Background(), c, forwarder.SideClient); !ok || err != nil {
 				t.Fatalf("connected memif side not alive: %s %v", why, err)
 			}
+			// Seen connected, the memif got its queues and was put in
+			// interrupt mode (VPP makes them polled).
+			if pl := cli(t, fwdVPP, "show interface rx-placement"); !regexp.MustCompile(`memif\d+/0 queue 0 \(interrupt\)`).MatchString(pl) {
+				t.Fatalf("memif not in interrupt mode:\n%s", pl)
+			}
+			vppPing(t, cnf, "10.70.0.2")
 			cli(t, cnf, "delete interface memif "+ifName)
 			cli(t, cnf, "delete memif socket id "+id)
 			gone := time.Now()
@@ -441,6 +456,52 @@ func TestUplink(t *testing.T) {
 				t.Fatalf("after Reconcile: %v, want the uplink kept", tags)
 			}
 		})
+	}
+}
+
+// AF_XDP interfaces beyond what VPP's buffer pool can feed are refused
+// with ResourceExhausted, and the refused connection leaves nothing.
+func TestAFXDPBufferBudget(t *testing.T) {
+	bin := vppBinary(t)
+	_, nodePath := nstest.New(t)
+	vc := dialVPP(t, startVPP(t, bin, nodePath))
+	// Room for exactly two interfaces of the default queue (256 + 128).
+	d, err := New(context.Background(), Options{Name: "xdpbudget", Conn: vc, HostNetNS: nodePath, KernelMode: ModeAFXDP, Buffers: bufferReserve + 2*384})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	_, c1 := nstest.New(t)
+	_, e1 := nstest.New(t)
+	if err := d.Connect(context.Background(), kernelConn("xb-1", forwarder.PayloadEthernet, c1, e1, "10.73.0")); err != nil {
+		t.Fatal(err)
+	}
+	_, c2 := nstest.New(t)
+	_, e2 := nstest.New(t)
+	err = d.Connect(context.Background(), kernelConn("xb-2", forwarder.PayloadEthernet, c2, e2, "10.73.1"))
+	var fe *forwarder.Error
+	if !errors.As(err, &fe) || fe.Code != forwarder.CodeResourceExhausted || !strings.Contains(err.Error(), "NSM_VPP_BUFFERS") {
+		t.Fatalf("second connection: %v, want ResourceExhausted naming NSM_VPP_BUFFERS", err)
+	}
+	if tags := taggedIfs(t, vc, "xdpbudget"); len(tags) != 2 {
+		t.Fatalf("VPP interfaces %v: want the first connection's two only", tags)
+	}
+	for _, p := range []string{c2, e2} {
+		if links := nstest.Links(t, p); len(links) != 1 {
+			t.Fatalf("links left by the refused connection: %v", links)
+		}
+	}
+	if err := d.Disconnect(context.Background(), "xb-1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Connect(context.Background(), kernelConn("xb-2", forwarder.PayloadEthernet, c2, e2, "10.73.1")); err != nil {
+		t.Fatalf("after the first closed: %v", err)
+	}
+	if err := d.Disconnect(context.Background(), "xb-2"); err != nil {
+		t.Fatal(err)
+	}
+	if links := nstest.Links(t, nodePath); len(links) != 1 {
+		t.Fatalf("node namespace links left: %v", links)
 	}
 }
 

@@ -225,6 +225,12 @@ func (d *Dataplane) memifAlive(ctx context.Context, id string, side forwarder.Si
 	case !known:
 		return true, "", nil // not a memif (any more): Close's business
 	case up:
+		if !w.wasUp[v.index] && d.opts.RxMode == RxModeInterrupt {
+			// The peer connected: VPP made its queues, polled.
+			if err := setRxMode(ctx, vc, v.index, RxModeInterrupt); err != nil {
+				d.log.WarnContext(ctx, "memif stays polled", "conn_id", id, "error", err)
+			}
+		}
 		w.wasUp[v.index] = true
 		delete(w.downSince, v.index)
 		return true, "", nil

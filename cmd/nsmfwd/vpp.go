@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -30,6 +31,55 @@ type VPPConfig struct {
 	MainHeap    string        `env:"NSM_VPP_MAIN_HEAP" default:"256M" desc:"VPP dataplane: main-heap size of the local VPP"`
 	Init        string        `env:"NSM_VPP_INIT" default:"NONE" desc:"VPP dataplane: attach the host uplink to VPP: AF_PACKET, AF_XDP or NONE (its MAC, MTU, addresses and routes are copied)"`
 	Uplink      string        `env:"NSM_VPP_UPLINK_INTERFACE" default:"" desc:"VPP dataplane: uplink for NSM_VPP_INIT (default: the interface of the default route)"`
+	Buffers     int           `env:"NSM_VPP_BUFFERS" default:"16384" desc:"VPP dataplane: buffers-per-numa of the local VPP (2 KiB each; an AF_XDP interface pins NSM_VPP_AF_XDP_QUEUE of them)"`
+	CPUs        string        `env:"NSM_VPP_CPUS" default:"" desc:"VPP dataplane: CPUs dedicated to the local VPP (e.g. 2-3): the first runs its main thread, the others a worker each, interfaces polled; empty: VPP shares the node's CPUs, interfaces in interrupt mode"`
+	RxMode      string        `env:"NSM_VPP_RX_MODE" default:"" desc:"VPP dataplane: rx mode of connections' interfaces, interrupt or polling (default: interrupt sharing CPUs, polling with NSM_VPP_CPUS)"`
+	PollSleep   string        `env:"NSM_VPP_POLL_SLEEP_USEC" default:"" desc:"VPP dataplane: poll-sleep-usec of the local VPP's main thread (default 0)"`
+	Nice        string        `env:"NSM_VPP_NICE" default:"" desc:"VPP dataplane: nice value of the local VPP (default 0)"`
+	RxBlock     int           `env:"NSM_VPP_AF_PACKET_RX_BLOCK" default:"8192" desc:"VPP dataplane: bytes per af_packet rx block, 160 blocks per interface; 69632 or more keeps GSO on (10.6 MiB per interface), less turns the workload's TSO off"`
+	TxFrames    int           `env:"NSM_VPP_AF_PACKET_TX_FRAMES" default:"128" desc:"VPP dataplane: frames of an af_packet tx ring without GSO (2 KiB each; a GSO ring has 16 of 66 KiB)"`
+	XDPQueue    int           `env:"NSM_VPP_AF_XDP_QUEUE" default:"256" desc:"VPP dataplane: AF_XDP rx and tx queue size (power of two, 256 to 32768)"`
+	MemifRing   int           `env:"NSM_VPP_MEMIF_RING" default:"256" desc:"VPP dataplane: slots per memif ring (power of two)"`
+	MemifBuffer int           `env:"NSM_VPP_MEMIF_BUFFER" default:"2048" desc:"VPP dataplane: bytes per memif slot"`
+	TapRing     int           `env:"NSM_VPP_TAP_RING" default:"256" desc:"VPP dataplane: tap v2 rx and tx ring size (power of two)"`
+}
+
+// schedule is the local VPP's scheduling: NSM_VPP_CPUS, and the poll
+// sleep and nice value it implies unless given.
+func (vc VPPConfig) schedule() (vppapi.Schedule, error) {
+	cpus, err := vppapi.ParseCPUList(vc.CPUs)
+	if err != nil {
+		return vppapi.Schedule{}, fmt.Errorf("NSM_VPP_CPUS: %w", err)
+	}
+	opt := func(name, v string) (*int, error) {
+		if v == "" {
+			return nil, nil
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return nil, fmt.Errorf("%s=%q: want an integer", name, v)
+		}
+		return &n, nil
+	}
+	poll, err := opt("NSM_VPP_POLL_SLEEP_USEC", vc.PollSleep)
+	if err != nil {
+		return vppapi.Schedule{}, err
+	}
+	nice, err := opt("NSM_VPP_NICE", vc.Nice)
+	if err != nil {
+		return vppapi.Schedule{}, err
+	}
+	s, err := vppapi.PlanSchedule(cpus, poll, nice, vc.RxMode)
+	if err != nil {
+		return s, fmt.Errorf("VPP scheduling: %w", err)
+	}
+	return s, nil
+}
+
+// rings are the ring sizes of the configuration.
+func (vc VPPConfig) rings() vppapi.Rings {
+	return vppapi.Rings{AFPacketRxBlock: vc.RxBlock, AFPacketTxFrames: vc.TxFrames, AFXDPQueue: vc.XDPQueue,
+		MemifRing: vc.MemifRing, MemifBuffer: vc.MemifBuffer, TapRing: vc.TapRing}
 }
 
 // vppDataplane is the VPP dataplane with what serves it: the supervised
@@ -61,15 +111,32 @@ func newVPPDataplane(ctx context.Context, cfg Config, log *slog.Logger) (forward
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	log = log.With("dataplane", "vpp")
+	if err := vc.rings().Validate(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if vc.Buffers < 1024 {
+		return nil, fmt.Errorf("config: NSM_VPP_BUFFERS=%d: want 1024 or more", vc.Buffers)
+	}
 	v := &vppDataplane{calls: newVPPCallHistogram()}
 	apiSock, statsSock := vc.APISocket, vc.StatsSocket
+	// An external VPP's scheduling is its operator's; only the interfaces'
+	// rx mode is nsmfwd's, when asked for.
+	rxMode := vc.RxMode
 	if apiSock == "" {
 		bin, err := vppapi.FindBinary(vc.Bin)
 		if err != nil {
 			return nil, fmt.Errorf("config: NSM_DATAPLANE=vpp: %w (or set NSM_VPP_API_SOCKET)", err)
 		}
+		sched, err := vc.schedule()
+		if err != nil {
+			return nil, fmt.Errorf("config: %w", err)
+		}
+		log.InfoContext(ctx, "VPP scheduling", "main_core", sched.MainCore, "workers", sched.Workers,
+			"poll_sleep_usec", sched.PollSleepUsec, "nice", sched.Nice, "rx_mode", sched.RxMode)
+		rxMode = sched.RxMode
 		if v.proc, err = vppapi.StartProcess(ctx, vppapi.ProcessOptions{
-			Bin: bin, RuntimeDir: vc.RuntimeDir, MainHeap: vc.MainHeap, MainCore: -1, Logger: log,
+			Bin: bin, RuntimeDir: vc.RuntimeDir, MainHeap: vc.MainHeap, Logger: log, Buffers: vc.Buffers,
+			MainCore: sched.MainCore, Workers: sched.Workers, PollSleepUsec: &sched.PollSleepUsec, Nice: sched.Nice,
 		}); err != nil {
 			return nil, err
 		}
@@ -112,10 +179,15 @@ func newVPPDataplane(ctx context.Context, cfg Config, log *slog.Logger) (forward
 		conn.Close()
 		return nil, err
 	}
+	buffers := 0 // unknown for an external VPP
+	if v.proc != nil {
+		buffers = vc.Buffers
+	}
 	dp, err := vppapi.New(ctx, vppapi.Options{
+		Buffers: buffers, RxMode: rxMode,
 		Name: cfg.Name, Conn: conn, KernelMode: vc.KernelMode, MemifDir: vc.MemifDir,
 		Stats: vppapi.NewStats(statsSock), Logger: log,
-		TunnelIP: tip, VXLANPort: uint16(cfg.VXLANPort), VLANDevices: vlans,
+		TunnelIP: tip, VXLANPort: uint16(cfg.VXLANPort), VLANDevices: vlans, Rings: vc.rings(),
 	})
 	if err != nil {
 		conn.Close()

@@ -182,6 +182,9 @@ func harness(ctx context.Context, args []string, stderr io.Writer) error {
 	if r.ControlPlane != nil && r.ControlPlane.Status == bench.StatusFailed {
 		failed = append(failed, "control plane: "+r.ControlPlane.Reason)
 	}
+	if r.VPPSmall != nil && r.VPPSmall.Status == bench.StatusFailed {
+		failed = append(failed, "VPP small node: "+r.VPPSmall.Reason)
+	}
 	if len(failed) > 0 {
 		return errors.New("failed rows:\n  " + strings.Join(failed, "\n  "))
 	}
