@@ -17,6 +17,7 @@ import (
 	"github.com/vishvananda/netns"
 	"go.fd.io/govpp/binapi/memclnt"
 
+	"github.com/nsmfwd/nsmfwd/ebpf/xsk"
 	"github.com/nsmfwd/nsmfwd/forwarder"
 	"github.com/nsmfwd/nsmfwd/internal/keyed"
 	"github.com/nsmfwd/nsmfwd/internal/vwire"
@@ -75,6 +76,11 @@ type Options struct {
 	// not). A memif gets it when its peer connects, as VPP only then has
 	// its queues.
 	RxMode string
+	// XDPDir, when set, is where nsmfwd writes its XDP program for the
+	// AF_XDP interfaces of connections (a directory VPP can read); VPP
+	// unloads it with the interface. Without, VPP's default program is
+	// used, which VPP 25.10 leaves loaded after the interface is deleted.
+	XDPDir string
 	// Buffers is VPP's buffers-per-numa when known (a local VPP), 0
 	// otherwise. Every AF_XDP interface keeps its fill queue stocked with
 	// VPP buffers, so a KERNEL side in AF_XDP mode is refused with
@@ -103,6 +109,8 @@ type Dataplane struct {
 	pinholeMu sync.Mutex // the uplink's pinhole ACL
 	memifs    memifWatch // memif peers seen connected, for Alive
 	wg        wgKeys     // private keys of pending WireGuard offers
+
+	xskAll string // the object file of the AF_XDP program ("" VPP's)
 
 	mu         sync.RWMutex
 	conn       *Conn
@@ -154,6 +162,11 @@ func New(_ context.Context, opts Options) (*Dataplane, error) {
 	}
 	d := &Dataplane{opts: opts, log: log.With("dataplane", "vpp"), conn: opts.Conn, live: map[string]*connState{}}
 	var err error
+	if opts.XDPDir != "" {
+		if d.xskAll, _, err = xsk.WriteObjects(opts.XDPDir); err != nil {
+			return nil, fmt.Errorf("vpp dataplane: %w", err)
+		}
+	}
 	if d.hostNS, d.host, _, err = vwire.OpenHost(opts.HostNetNS); err != nil {
 		return nil, fmt.Errorf("vpp dataplane: %w", err)
 	}
@@ -305,7 +318,7 @@ func (d *Dataplane) connect(ctx context.Context, vc *Conn, c *forwarder.Conn, fo
 		var errs []error
 		for _, s := range sides {
 			if s.vifNew && s.vif != nil {
-				errs = append(errs, deleteIf(rctx, vc, *s.vif))
+				errs = append(errs, d.deleteIf(rctx, vc, *s.vif))
 			}
 			if s.sockNew && s.sock != nil {
 				errs = append(errs, delMemifSocket(rctx, vc, *s.sock))
@@ -475,7 +488,7 @@ func (d *Dataplane) kernelSide(ctx context.Context, vc *Conn, c *forwarder.Conn,
 	}
 	if e.Created && s.vif != nil {
 		// A new pair: whatever VPP held for the old host end is stale.
-		if err := deleteIf(ctx, vc, *s.vif); err != nil {
+		if err := d.deleteIf(ctx, vc, *s.vif); err != nil {
 			return err
 		}
 		s.vif = nil
@@ -511,7 +524,10 @@ func (d *Dataplane) kernelSide(ctx context.Context, vc *Conn, c *forwarder.Conn,
 			if s.release, err = d.reserveXDP(); err != nil {
 				return err
 			}
-			v, err = createAFXDP(ctx, vc, e.HostName, "xdp-"+e.HostName, hw, d.opts.Rings.AFXDPQueue)
+			v, err = createAFXDP(ctx, vc, e.HostName, "xdp-"+e.HostName, hw, d.opts.Rings.AFXDPQueue, d.xskAll)
+			if e.Host != nil {
+				v.hostIndex = e.Host.Attrs().Index
+			}
 		} else {
 			v, err = createAFPacket(ctx, vc, e.HostName, hw, geom)
 		}
@@ -534,6 +550,34 @@ func (d *Dataplane) kernelSide(ctx context.Context, vc *Conn, c *forwarder.Conn,
 		}
 	}
 	return nil
+}
+
+// deleteIf deletes a VPP interface. VPP 25.10 unloads an AF_XDP
+// interface's XDP program only if it can still query the host interface by
+// its ifindex: when the host end is gone with its namespace (a client that
+// died), VPP would keep the program loaded for ever. So a placeholder veth
+// takes the gone interface's ifindex for the time of the delete.
+func (d *Dataplane) deleteIf(ctx context.Context, vc *Conn, v vppIf) error {
+	if v.kind() != "af_xdp" || v.hostIndex <= 0 {
+		return deleteIf(ctx, vc, v)
+	}
+	if _, err := d.host.LinkByIndex(v.hostIndex); err == nil || !vwire.IsNotFound(err) {
+		return deleteIf(ctx, vc, v)
+	}
+	ph := &netlink.Veth{
+		LinkAttrs: netlink.LinkAttrs{Name: fmt.Sprintf("nsmfwdx%d", v.hostIndex), Index: v.hostIndex},
+		PeerName:  fmt.Sprintf("nsmfwdy%d", v.hostIndex),
+	}
+	if err := d.host.LinkAdd(ph); err != nil {
+		d.log.WarnContext(ctx, "no placeholder for a gone AF_XDP host interface: VPP keeps its XDP program", "ifindex", v.hostIndex, "error", err)
+		return deleteIf(ctx, vc, v)
+	}
+	defer func() {
+		if err := d.host.LinkDel(ph); err != nil && !vwire.IsNotFound(err) {
+			d.log.ErrorContext(ctx, "placeholder veth left", "name", ph.Name, "error", err)
+		}
+	}()
+	return deleteIf(ctx, vc, v)
 }
 
 // bufferReserve is what VPP's buffer pool keeps besides AF_XDP fill
@@ -695,7 +739,7 @@ func (d *Dataplane) remove(ctx context.Context, vc *Conn, id string, found map[s
 			v = &f
 		}
 		if v != nil {
-			errs = append(errs, deleteIf(ctx, vc, *v))
+			errs = append(errs, d.deleteIf(ctx, vc, *v))
 			tunnel = tunnel || isTunnel(v)
 		}
 		if st != nil && st.sock[i] != nil {

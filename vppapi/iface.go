@@ -33,6 +33,9 @@ type vppIf struct {
 	index   interface_types.InterfaceIndex
 	devType string // af_packet, af_xdp, virtio (tap), memif
 	name    string // VPP's interface name
+	// hostIndex is the ifindex of an AF_XDP interface's host interface,
+	// when nsmfwd created it (see Dataplane.deleteIf).
+	hostIndex int
 }
 
 func mac(hw net.HardwareAddr) ethernet_types.MacAddress {
@@ -54,9 +57,11 @@ func createAFPacket(ctx context.Context, c *Conn, hostIf string, hw net.Hardware
 }
 
 // createAFXDP attaches host interface hostIf to VPP with AF_XDP.
-func createAFXDP(ctx context.Context, c *Conn, hostIf, name string, hw net.HardwareAddr, queue int) (vppIf, error) {
+// prog, when not empty, is the XDP program's object file VPP loads
+// instead of its default one.
+func createAFXDP(ctx context.Context, c *Conn, hostIf, name string, hw net.HardwareAddr, queue int, prog string) (vppIf, error) {
 	req := &af_xdp.AfXdpCreateV3{HostIf: hostIf, Name: name, RxqNum: 1, Mode: af_xdp.AF_XDP_API_MODE_AUTO,
-		RxqSize: uint16(queue), TxqSize: uint16(queue)}
+		RxqSize: uint16(queue), TxqSize: uint16(queue), Prog: prog}
 	var rep af_xdp.AfXdpCreateV3Reply
 	if err := c.Invoke(ctx, req, &rep); err != nil {
 		return vppIf{}, fmt.Errorf("af_xdp attach %s: %w", hostIf, err)
@@ -197,9 +202,10 @@ func deleteIf(ctx context.Context, c *Conn, v vppIf) error {
 // kind is the interface's device type as created ("af_packet", "vxlan",
 // "wireguard"...), whether it came from a create or a dump.
 func (v vppIf) kind() string {
+	// Dumps say "AF_XDP interface", "af-packet", "Wireguard Tunnel".
 	dev := strings.ToLower(strings.ReplaceAll(v.devType, "-", "_"))
-	if strings.HasPrefix(dev, "wireguard") { // "Wireguard Tunnel" in dumps
-		dev = "wireguard"
+	if f := strings.Fields(dev); len(f) > 0 {
+		dev = f[0]
 	}
 	return dev
 }

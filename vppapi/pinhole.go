@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"slices"
 
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"go.fd.io/govpp/api"
 	"go.fd.io/govpp/binapi/acl"
 	"go.fd.io/govpp/binapi/acl_types"
@@ -216,26 +218,42 @@ func dropACL(ctx context.Context, c *Conn, index uint32) error {
 	return nil
 }
 
-// uplinkIndex is the uplink a forwarder name attached to VPP, if any.
-func uplinkIndex(ctx context.Context, c *Conn, name string) (interface_types.InterfaceIndex, bool, error) {
+// uplinkIf is the uplink a forwarder name attached to VPP, if any.
+func uplinkIf(ctx context.Context, c *Conn, name string) (vppIf, bool, error) {
 	found, err := dumpTagged(ctx, c, uplinkTag(name))
 	if err != nil {
-		return 0, false, err
+		return vppIf{}, false, err
 	}
 	v, ok := found[uplinkTag(name)]
-	return v.index, ok, nil
+	return v, ok, nil
+}
+
+// protectUplink lets into VPP from the uplink v only the flows of ps (and
+// the ICMP VPP needs): by the ACL first on its input when VPP has the acl
+// plugin, and, on an AF_XDP uplink with nsmfwd's pinhole program, by that
+// program's map, VPP then getting the MACs of the next hops toward the far
+// ends and gateways from the host.
+func protectUplink(ctx context.Context, vc *Conn, name string, ns netns.NsHandle, h *netlink.Handle, v vppIf, ps []Pinhole, gateways []netip.Addr) (acl bool, err error) {
+	if vc.Supports(ACLMessages()...) {
+		if err := applyPinholes(ctx, vc, name, v.index, ps); err != nil {
+			return false, err
+		}
+		acl = true
+	}
+	x, err := openXDPUplink(ns, h, v)
+	if err != nil || x == nil {
+		return acl, err
+	}
+	return acl, x.sync(ctx, vc, ps, gateways)
 }
 
 // syncPinholes brings the uplink's pinholes in line with the tunnels in
-// VPP. Without an uplink attached by this forwarder, or without the acl
-// plugin, there is nothing to do: the uplink is the operator's.
+// VPP. Without an uplink attached by this forwarder there is nothing to
+// do: the uplink is the operator's.
 func (d *Dataplane) syncPinholes(ctx context.Context, vc *Conn) error {
-	if !vc.Supports(ACLMessages()...) {
-		return nil
-	}
 	d.pinholeMu.Lock()
 	defer d.pinholeMu.Unlock()
-	idx, ok, err := uplinkIndex(ctx, vc, d.opts.Name)
+	v, ok, err := uplinkIf(ctx, vc, d.opts.Name)
 	if err != nil || !ok {
 		return err
 	}
@@ -243,7 +261,8 @@ func (d *Dataplane) syncPinholes(ctx context.Context, vc *Conn) error {
 	if err != nil {
 		return fmt.Errorf("uplink pinholes: %w", err)
 	}
-	return applyPinholes(ctx, vc, d.opts.Name, idx, ps)
+	_, err = protectUplink(ctx, vc, d.opts.Name, d.hostNS, d.host, v, ps, nil)
+	return err
 }
 
 // isTunnel reports whether a VPP interface is a tunnel with a pinhole.

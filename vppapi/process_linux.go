@@ -185,6 +185,9 @@ func StartProcess(ctx context.Context, opts ProcessOptions) (*Process, error) {
 
 func (p *Process) pidFile() string { return filepath.Join(p.opts.RuntimeDir, "vpp.pid") }
 
+// RuntimeDir is the directory of VPP's startup.conf, sockets and log.
+func (p *Process) RuntimeDir() string { return p.opts.RuntimeDir }
+
 // APISocket is the binary-API socket.
 func (p *Process) APISocket() string { return filepath.Join(p.opts.RuntimeDir, "api.sock") }
 

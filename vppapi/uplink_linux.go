@@ -18,6 +18,7 @@ import (
 	"go.fd.io/govpp/binapi/ip_types"
 	"golang.org/x/sys/unix"
 
+	"github.com/nsmfwd/nsmfwd/ebpf/xsk"
 	"github.com/nsmfwd/nsmfwd/internal/vwire"
 )
 
@@ -40,6 +41,11 @@ type UplinkOptions struct {
 	Interface string
 	// HostNetNS is the namespace of the interface ("" = the process's).
 	HostNetNS string
+	// XDPDir, when set, is where nsmfwd writes its XDP programs for VPP
+	// (a directory VPP can read). An AF_XDP uplink then gets nsmfwd's
+	// pinhole program instead of VPP's default one, which takes every
+	// frame from the host.
+	XDPDir string
 	// Logger receives what was copied; nil discards.
 	Logger *slog.Logger
 }
@@ -54,6 +60,8 @@ type Uplink struct {
 	// Protected reports that only the pinholes of live tunnels (and the
 	// ICMP VPP needs) are let into VPP from the uplink.
 	Protected bool
+	// Gateways are the next hops of the routes copied.
+	Gateways []netip.Addr
 }
 
 // uplinkTag is the tag of the uplink's VPP interface.
@@ -109,7 +117,13 @@ func AttachUplink(ctx context.Context, vc *Conn, opts UplinkOptions) (*Uplink, e
 	v, adopted := found[tag]
 	if !adopted {
 		if opts.Mode == UplinkAFXDP {
-			v, err = createAFXDP(ctx, vc, a.Name, "xdp-"+a.Name, a.HardwareAddr, 0)
+			prog := ""
+			if opts.XDPDir != "" {
+				if _, prog, err = xsk.WriteObjects(opts.XDPDir); err != nil {
+					return nil, fmt.Errorf("vpp uplink: %w", err)
+				}
+			}
+			v, err = createAFXDP(ctx, vc, a.Name, "xdp-"+a.Name, a.HardwareAddr, 0, prog)
 		} else {
 			v, err = createAFPacket(ctx, vc, a.Name, a.HardwareAddr, uplinkGeometry)
 		}
@@ -125,16 +139,14 @@ func AttachUplink(ctx context.Context, vc *Conn, opts UplinkOptions) (*Uplink, e
 	if err := uplinkConfigure(ctx, vc, h, link, up); err != nil {
 		return nil, fmt.Errorf("vpp uplink %s: %w", a.Name, err)
 	}
-	if vc.Supports(ACLMessages()...) {
-		ps, err := tunnelPinholes(ctx, vc, opts.Name)
-		if err == nil {
-			err = applyPinholes(ctx, vc, opts.Name, up.Index, ps)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("vpp uplink %s: %w", a.Name, err)
-		}
-		up.Protected = true
-	} else {
+	ps, err := tunnelPinholes(ctx, vc, opts.Name)
+	if err == nil {
+		up.Protected, err = protectUplink(ctx, vc, opts.Name, ns, h, v, ps, up.Gateways)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("vpp uplink %s: %w", a.Name, err)
+	}
+	if !up.Protected {
 		log.WarnContext(ctx, "VPP has no acl plugin: the uplink is attached without pinholes, VPP answers whatever reaches it", "host_if", a.Name)
 	}
 	log.InfoContext(ctx, "uplink attached to VPP", "host_if", a.Name, "mode", opts.Mode, "adopted", adopted,
@@ -237,6 +249,9 @@ func uplinkConfigure(ctx context.Context, vc *Conn, h *netlink.Handle, link netl
 			}
 			if gw, ok := netip.AddrFromSlice(r.Gw); ok {
 				path.Nh.Address = addr(gw.Unmap()).Un
+				if !slices.Contains(up.Gateways, gw.Unmap()) {
+					up.Gateways = append(up.Gateways, gw.Unmap())
+				}
 			}
 			req := &ip.IPRouteAddDel{IsAdd: true, Route: ip.IPRoute{Prefix: vppPrefix(dst), Paths: []fib_types.FibPath{path}}}
 			if err := vc.Invoke(ctx, req, &ip.IPRouteAddDelReply{}); err != nil {

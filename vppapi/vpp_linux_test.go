@@ -23,6 +23,7 @@ import (
 	"go.fd.io/govpp/binapi/vlib"
 	"golang.org/x/sys/unix"
 
+	"github.com/nsmfwd/nsmfwd/ebpf/xsk"
 	"github.com/nsmfwd/nsmfwd/forwarder"
 	"github.com/nsmfwd/nsmfwd/internal/netns/nstest"
 )
@@ -405,7 +406,7 @@ func TestUplink(t *testing.T) {
 				}
 			}
 			vc := dialVPP(t, startVPP(t, bin, nodePath))
-			opts := UplinkOptions{Name: "uplink-test", Mode: mode, HostNetNS: nodePath}
+			opts := UplinkOptions{Name: "uplink-test", Mode: mode, HostNetNS: nodePath, XDPDir: t.TempDir()}
 			up, err := AttachUplink(context.Background(), vc, opts)
 			if err != nil {
 				t.Fatal(err)
@@ -426,16 +427,27 @@ func TestUplink(t *testing.T) {
 			if fib := cli(t, vc, "show ip fib 10.200.0.0/16"); !strings.Contains(fib, "192.168.50.2") {
 				t.Fatalf("VPP FIB lacks the copied route:\n%s", fib)
 			}
-			vppPing(t, vc, "192.168.50.2")
+			if mode == UplinkAFPacket {
+				vppPing(t, vc, "192.168.50.2")
+			} else {
+				// nsmfwd's pinhole program: the host keeps the uplink
+				// (TCP to it works; VPP's default program takes every
+				// frame) and VPP got the gateway's MAC from the host.
+				if out, err := nstest.Exec(t, nodeName, "ip", "-j", "link", "show", "up0"); err != nil || !strings.Contains(out, "xdp") {
+					t.Fatalf("no XDP program on the uplink: %v %s", err, out)
+				}
+				tcpAcross(t, farName, nodeName, "192.168.50.1")
+				if nb := cli(t, vc, "show ip neighbors"); !strings.Contains(nb, "192.168.50.2") || !strings.Contains(nb, "S") {
+					t.Fatalf("VPP lacks the gateway's neighbour entry:\n%s", nb)
+				}
+			}
 			if !up.Protected {
 				t.Fatal("uplink attached without its pinhole ACL")
 			}
 			if flows, ok := pinholes(t, vc, "uplink-test"); !ok || len(flows) != 0 {
 				t.Fatalf("pinholes %v (ACL present: %v): want the ACL, with no flow open", flows, ok)
 			}
-			if mode == UplinkAFPacket { // AF_XDP takes the packets from the host
-				pingNoDup(t, farName, "192.168.50.1")
-			}
+			pingNoDup(t, farName, "192.168.50.1")
 
 			again, err := AttachUplink(context.Background(), vc, opts)
 			if err != nil {
@@ -603,15 +615,40 @@ func TestTunnelsAcrossNodes(t *testing.T) {
 		mech    string
 		payload forwarder.Payload
 		mtu     uint32
+		uplink  string
 	}{
-		{forwarder.MechanismVXLAN, forwarder.PayloadEthernet, 1450},
-		{forwarder.MechanismWireGuard, forwarder.PayloadIP, 1420},
+		{forwarder.MechanismVXLAN, forwarder.PayloadEthernet, 1450, UplinkAFPacket},
+		{forwarder.MechanismWireGuard, forwarder.PayloadIP, 1420, UplinkAFPacket},
+		{forwarder.MechanismVXLAN, forwarder.PayloadEthernet, 1450, UplinkAFXDP},
 	} {
-		t.Run(tc.mech, func(t *testing.T) { testTunnel(t, bin, tc.mech, tc.payload, tc.mtu) })
+		t.Run(tc.mech+"/"+tc.uplink, func(t *testing.T) { testTunnel(t, bin, tc.mech, tc.payload, tc.mtu, tc.uplink) })
 	}
 }
 
-func testTunnel(t *testing.T, bin, mech string, payload forwarder.Payload, wantMTU uint32) {
+// xdpFlows lists the flows the pinhole XDP program of n's AF_XDP uplink
+// lets into VPP.
+func xdpFlows(t *testing.T, n vppNode, name string) []string {
+	t.Helper()
+	v, ok, err := uplinkIf(context.Background(), n.vc, name)
+	if err != nil || !ok {
+		t.Fatalf("uplink of %s: %v", name, err)
+	}
+	x, err := openXDPUplink(n.d.hostNS, n.d.host, v)
+	if err != nil || x == nil {
+		t.Fatalf("no pinhole XDP program on %s's uplink: %v", name, err)
+	}
+	fs, err := xsk.Flows(x.progID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, f := range fs {
+		out = append(out, fmt.Sprintf("%s -> :%d", f.Remote, f.Port))
+	}
+	return out
+}
+
+func testTunnel(t *testing.T, bin, mech string, payload forwarder.Payload, wantMTU uint32, uplink string) {
 	aName, aPath := nstest.New(t)
 	bName, bPath := nstest.New(t)
 	if out, err := nstest.Exec(t, aName, "ip", "link", "add", "up0", "type", "veth", "peer", "name", "up0", "netns", bName); err != nil {
@@ -622,7 +659,7 @@ func testTunnel(t *testing.T, bin, mech string, payload forwarder.Payload, wantM
 		if out, err := nstest.Exec(t, ns, "ip", "addr", "add", ip+"/24", "dev", "up0"); err != nil {
 			t.Fatalf("%v\n%s", err, out)
 		}
-		n := startNode(t, bin, ns, path, "up0", Options{Name: "tn-" + ns, TunnelIP: netip.MustParseAddr(ip)})
+		n := startNodeUplink(t, bin, ns, path, "up0", uplink, Options{Name: "tn-" + ns, TunnelIP: netip.MustParseAddr(ip)})
 		if !slices.Contains(n.d.Mechanisms(forwarder.SideClient), mech) {
 			t.Fatalf("%s not offered: %v", mech, n.d.Mechanisms(forwarder.SideClient))
 		}
@@ -670,6 +707,11 @@ func testTunnel(t *testing.T, bin, mech string, payload forwarder.Payload, wantM
 		if flows, _ := pinholes(t, n.nd.vc, "tn-"+n.name); !slices.Equal(flows, want) {
 			t.Fatalf("pinholes on %s: %v, want %v", n.name, flows, want)
 		}
+		if uplink == UplinkAFXDP {
+			if flows := xdpFlows(t, n.nd, "tn-"+n.name); !slices.Equal(flows, []string{n.from + " -> :" + port}) {
+				t.Fatalf("XDP pinholes on %s: %v", n.name, flows)
+			}
+		}
 	}
 	pingNoDup(t, aName, "192.0.2.2")
 	// A refresh on both keeps the tunnels.
@@ -711,6 +753,11 @@ func testTunnel(t *testing.T, bin, mech string, payload forwarder.Payload, wantM
 		}
 		if flows, ok := pinholes(t, n.nd.vc, "tn-"+n.name); !ok || len(flows) != 0 {
 			t.Fatalf("pinholes left on %s: %v (ACL present: %v)", n.name, flows, ok)
+		}
+		if uplink == UplinkAFXDP {
+			if flows := xdpFlows(t, n.nd, "tn-"+n.name); len(flows) != 0 {
+				t.Fatalf("XDP pinholes left on %s: %v", n.name, flows)
+			}
 		}
 		if got := nstest.Links(t, n.path); !slices.Equal(got, []string{"lo", "up0"}) {
 			t.Fatalf("links left on %s: %v", n.name, got)
@@ -832,11 +879,13 @@ func TestTCPAcrossKernelModes(t *testing.T) {
 			cName, cPath := nstest.New(t)
 			eName, ePath := nstest.New(t)
 			vc := dialVPP(t, startVPP(t, bin, nodePath))
-			d, err := New(context.Background(), Options{Name: "tcp-test", Conn: vc, HostNetNS: nodePath, KernelMode: mode})
+			// nsmfwd's own XDP program: VPP unloads it with the interface.
+			d, err := New(context.Background(), Options{Name: "tcp-test", Conn: vc, HostNetNS: nodePath, KernelMode: mode, XDPDir: t.TempDir()})
 			if err != nil {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { _ = d.Close() })
+			progs := len(nstest.BPFProgIDs(t))
 			c := kernelConn("tcp-1", forwarder.PayloadEthernet, cPath, ePath, "10.75.0")
 			c.MTU = 1500
 			if err := d.Connect(context.Background(), c); err != nil {
@@ -846,6 +895,9 @@ func TestTCPAcrossKernelModes(t *testing.T) {
 			tcpAcross(t, cName, eName, "10.75.0.2")
 			if err := d.Disconnect(context.Background(), c.ID); err != nil {
 				t.Fatal(err)
+			}
+			if now := len(nstest.BPFProgIDs(t)); now != progs {
+				t.Fatalf("BPF programs: %d before the connection, %d after its Close", progs, now)
 			}
 		})
 	}
@@ -875,13 +927,20 @@ type vppNode struct {
 // with a dataplane made from opts (Conn and HostNetNS filled in).
 func startNode(t *testing.T, bin, ns, path, link string, opts Options) vppNode {
 	t.Helper()
+	return startNodeUplink(t, bin, ns, path, link, UplinkAFPacket, opts)
+}
+
+// startNodeUplink is startNode with the uplink attached in mode (AF_XDP
+// with nsmfwd's pinhole program).
+func startNodeUplink(t *testing.T, bin, ns, path, link, mode string, opts Options) vppNode {
+	t.Helper()
 	for _, l := range []string{link, "lo"} {
 		if out, err := nstest.Exec(t, ns, "ip", "link", "set", l, "up"); err != nil {
 			t.Fatalf("%v\n%s", err, out)
 		}
 	}
 	vc := dialVPP(t, startVPP(t, bin, path))
-	if _, err := AttachUplink(context.Background(), vc, UplinkOptions{Name: opts.Name, Mode: UplinkAFPacket, Interface: link, HostNetNS: path}); err != nil {
+	if _, err := AttachUplink(context.Background(), vc, UplinkOptions{Name: opts.Name, Mode: mode, Interface: link, HostNetNS: path, XDPDir: t.TempDir()}); err != nil {
 		t.Fatal(err)
 	}
 	opts.Conn, opts.HostNetNS = vc, path

@@ -120,7 +120,7 @@ func (d *Dataplane) DisconnectSide(ctx context.Context, id string, side forwarde
 		errs = append(errs, l2xcOff(ctx, vc, other.index), l3xcOff(ctx, vc, other.index))
 	}
 	if gone != nil {
-		errs = append(errs, deleteIf(ctx, vc, *gone))
+		errs = append(errs, d.deleteIf(ctx, vc, *gone))
 		if isTunnel(gone) {
 			errs = append(errs, d.syncPinholes(ctx, vc))
 		}

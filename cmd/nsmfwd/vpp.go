@@ -31,6 +31,7 @@ type VPPConfig struct {
 	MainHeap    string        `env:"NSM_VPP_MAIN_HEAP" default:"256M" desc:"VPP dataplane: main-heap size of the local VPP"`
 	Init        string        `env:"NSM_VPP_INIT" default:"NONE" desc:"VPP dataplane: attach the host uplink to VPP: AF_PACKET, AF_XDP or NONE (its MAC, MTU, addresses and routes are copied)"`
 	Uplink      string        `env:"NSM_VPP_UPLINK_INTERFACE" default:"" desc:"VPP dataplane: uplink for NSM_VPP_INIT (default: the interface of the default route)"`
+	XDPDir      string        `env:"NSM_VPP_XDP_DIR" default:"" desc:"VPP dataplane: directory, readable by VPP, where nsmfwd writes its XDP programs for VPP's af_xdp (default: NSM_VPP_RUNTIME_DIR/xdp for a local VPP; none for an external one, which then uses its default program)"`
 	Buffers     int           `env:"NSM_VPP_BUFFERS" default:"16384" desc:"VPP dataplane: buffers-per-numa of the local VPP (2 KiB each; an AF_XDP interface pins NSM_VPP_AF_XDP_QUEUE of them)"`
 	CPUs        string        `env:"NSM_VPP_CPUS" default:"" desc:"VPP dataplane: CPUs dedicated to the local VPP (e.g. 2-3): the first runs its main thread, the others a worker each, interfaces polled; empty: VPP shares the node's CPUs, interfaces in interrupt mode"`
 	RxMode      string        `env:"NSM_VPP_RX_MODE" default:"" desc:"VPP dataplane: rx mode of connections' interfaces, interrupt or polling (default: interrupt sharing CPUs, polling with NSM_VPP_CPUS)"`
@@ -122,6 +123,7 @@ func newVPPDataplane(ctx context.Context, cfg Config, log *slog.Logger) (forward
 	// An external VPP's scheduling is its operator's; only the interfaces'
 	// rx mode is nsmfwd's, when asked for.
 	rxMode := vc.RxMode
+	xdpDir := vc.XDPDir
 	if apiSock == "" {
 		bin, err := vppapi.FindBinary(vc.Bin)
 		if err != nil {
@@ -134,6 +136,9 @@ func newVPPDataplane(ctx context.Context, cfg Config, log *slog.Logger) (forward
 		log.InfoContext(ctx, "VPP scheduling", "main_core", sched.MainCore, "workers", sched.Workers,
 			"poll_sleep_usec", sched.PollSleepUsec, "nice", sched.Nice, "rx_mode", sched.RxMode)
 		rxMode = sched.RxMode
+		if xdpDir == "" {
+			xdpDir = filepath.Join(vc.RuntimeDir, "xdp")
+		}
 		if v.proc, err = vppapi.StartProcess(ctx, vppapi.ProcessOptions{
 			Bin: bin, RuntimeDir: vc.RuntimeDir, MainHeap: vc.MainHeap, Logger: log, Buffers: vc.Buffers,
 			MainCore: sched.MainCore, Workers: sched.Workers, PollSleepUsec: &sched.PollSleepUsec, Nice: sched.Nice,
@@ -166,7 +171,7 @@ func newVPPDataplane(ctx context.Context, cfg Config, log *slog.Logger) (forward
 		return nil, err
 	}
 	setup := func(ctx context.Context, c *vppapi.Conn) error {
-		_, err := vppapi.AttachUplink(ctx, c, vppapi.UplinkOptions{Name: cfg.Name, Mode: vc.Init, Interface: vc.Uplink, Logger: log})
+		_, err := vppapi.AttachUplink(ctx, c, vppapi.UplinkOptions{Name: cfg.Name, Mode: vc.Init, Interface: vc.Uplink, XDPDir: xdpDir, Logger: log})
 		return err
 	}
 	if err := setup(ctx, conn); err != nil {
@@ -184,7 +189,7 @@ func newVPPDataplane(ctx context.Context, cfg Config, log *slog.Logger) (forward
 		buffers = vc.Buffers
 	}
 	dp, err := vppapi.New(ctx, vppapi.Options{
-		Buffers: buffers, RxMode: rxMode,
+		Buffers: buffers, RxMode: rxMode, XDPDir: xdpDir,
 		Name: cfg.Name, Conn: conn, KernelMode: vc.KernelMode, MemifDir: vc.MemifDir,
 		Stats: vppapi.NewStats(statsSock), Logger: log,
 		TunnelIP: tip, VXLANPort: uint16(cfg.VXLANPort), VLANDevices: vlans, Rings: vc.rings(),

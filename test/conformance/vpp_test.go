@@ -85,6 +85,9 @@ func vppHarness(t *testing.T, mode string) Harness {
 			dp, err := vppapi.New(ctx, vppapi.Options{
 				Name: name, Conn: conn, HostNetNS: hostNS, KernelMode: mode,
 				MemifDir: filepath.Join(os.TempDir(), "nsmfwd-memif"), Stats: stats, Logger: testLogger(t),
+				// nsmfwd's XDP program for AF_XDP, which VPP unloads with
+				// the interface (VPP's default one it leaves loaded).
+				XDPDir: filepath.Join(p.RuntimeDir(), "xdp"),
 			})
 			if err != nil {
 				t.Fatalf("vpp dataplane: %v", err)
@@ -126,16 +129,9 @@ func vppObjects(t testing.TB, conn *vppapi.Conn) []string {
 // attached by af_packet.
 func TestVPPAFPacket(t *testing.T) { Run(t, vppHarness(t, vppapi.ModeAFPacket)) }
 
-// TestVPPAFXDP runs the suite with KERNEL sides attached by AF_XDP (VPP's
-// af_xdp plugin loads its XDP program on the veth host end).
-func TestVPPAFXDP(t *testing.T) {
-	vppBin(t)
-	// Traffic passes (vppapi's TestUplink pings over an AF_XDP uplink), but
-	// the suite's leak check fails on VPP's side.
-	t.Skip("open in issue 3: VPP 25.10 keeps an AF_XDP interface's XDP programs loaded after af_xdp_delete " +
-		"(two BPF programs per connection until VPP restarts), which the suite's no-leak check rightly refuses")
-	Run(t, vppHarness(t, vppapi.ModeAFXDP))
-}
+// TestVPPAFXDP runs the suite with KERNEL sides attached by AF_XDP, with
+// nsmfwd's XDP program on the veth host ends.
+func TestVPPAFXDP(t *testing.T) { Run(t, vppHarness(t, vppapi.ModeAFXDP)) }
 
 // TestVPPTap runs the suite with KERNEL sides as tap v2 interfaces that
 // VPP creates in the workload namespaces.

@@ -1,0 +1,19 @@
+package vppapi
+
+import "testing"
+
+// Interface kinds come from nsmfwd's own creates and from VPP's dumps,
+// which spell them differently; deleteIf and the pinholes rely on both
+// giving the same kind.
+func TestIfaceKind(t *testing.T) {
+	for dev, want := range map[string]string{
+		"AF_XDP interface": "af_xdp", "af_xdp": "af_xdp",
+		"af_packet": "af_packet", "af-packet": "af_packet",
+		"Wireguard Tunnel": "wireguard", "wireguard": "wireguard",
+		"VXLAN": "vxlan", "vxlan": "vxlan", "virtio": "virtio", "memif": "memif",
+	} {
+		if got := (vppIf{devType: dev}).kind(); got != want {
+			t.Errorf("%q: %q, want %q", dev, got, want)
+		}
+	}
+}
