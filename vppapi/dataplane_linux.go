@@ -233,6 +233,11 @@ func (d *Dataplane) Check(_ context.Context, id string, side forwarder.SideKind,
 	case forwarder.MechanismKernel:
 		return vwire.CheckKernelName(d.opts.Name, id, side, m)
 	case MechanismMemif:
+		if raw := m.Param(forwarder.ParamNetNSURL); raw != "" { // an abstract socket in that namespace
+			if _, err := forwarder.ParseNetNSURL(raw); err != nil {
+				return &forwarder.Error{Code: forwarder.CodeInvalidArgument, Field: vwire.ParamsField(side) + forwarder.ParamNetNSURL, Err: err}
+			}
+		}
 		return nil
 	case forwarder.MechanismVXLAN:
 		_, err := forwarder.ParseVXLAN(side, m, d.opts.TunnelIP, d.opts.VXLANPort, vwire.ParamsField(side))
@@ -666,39 +671,87 @@ func (d *Dataplane) memifDir(id string, k forwarder.SideKind) string {
 	return filepath.Join(d.opts.MemifDir, d.opts.Name, vwire.ConnHash(d.opts.Name, id)[:16]+"-"+string(k)[:1])
 }
 
-// memifSide builds a MEMIF side: VPP is the master on a socket in a
-// per-connection directory, announced in the mechanism's socketfile.
+// memifAbstract is the abstract socket name of one side's memif, in the
+// side's namespace: scoped by the forwarder name, then by the connection.
+func (d *Dataplane) memifAbstract(id string, k forwarder.SideKind) string {
+	return d.memifAbstractPrefix() + vwire.ConnHash(d.opts.Name, id)[:16] + "-" + string(k)[:1]
+}
+
+func (d *Dataplane) memifAbstractPrefix() string {
+	return "nsmfwd-" + vwire.ConnHash(d.opts.Name, "")[:8] + "-"
+}
+
+// abstractName is the abstract socket name of a VPP memif socket filename
+// ("abstract:NAME,netns_name=..."), or "".
+func abstractName(filename string) string {
+	rest, ok := strings.CutPrefix(filename, "abstract:")
+	if !ok {
+		return ""
+	}
+	name, _, _ := strings.Cut(rest, ",")
+	return name
+}
+
+// memifSide builds a MEMIF side with VPP as the master. As NSM has it, a
+// mechanism that names the workload's namespace (inodeURL) gets an
+// abstract socket in that namespace, announced by name in socketfile: the
+// workload needs no shared file. Without, the socket is a file in a
+// per-connection directory, its path announced in socketfile.
 func (d *Dataplane) memifSide(ctx context.Context, vc *Conn, c *forwarder.Conn, s *side, tag string, ipMode bool) error {
-	dir := d.memifDir(c.ID, s.kind)
-	path := filepath.Join(dir, "memif.sock")
 	m := &s.s.Mechanism
 	if m.Params == nil {
 		m.Params = map[string]string{}
 	}
-	m.Params[ParamSocketFile] = path
-	if s.vif == nil {
-		if err := os.MkdirAll(dir, 0o750); err != nil {
-			return fmt.Errorf("memif dir: %w", err)
-		}
-		id, err := addMemifSocket(ctx, vc, path)
-		if err != nil {
-			_ = os.RemoveAll(dir)
-			return err
-		}
-		s.sock, s.sockNew = &id, true
-		v, err := createMemif(ctx, vc, id, ipMode, nil, d.opts.Rings)
-		if err != nil {
-			return err
-		}
-		s.vif, s.vifNew = &v, true
-		if err := setTag(ctx, vc, v.index, tag); err != nil {
-			return err
-		}
+	abstract := m.Param(forwarder.ParamNetNSURL) != ""
+	dir := d.memifDir(c.ID, s.kind)
+	path := filepath.Join(dir, "memif.sock")
+	if abstract {
+		m.Params[ParamSocketFile] = d.memifAbstract(c.ID, s.kind)
+	} else {
+		m.Params[ParamSocketFile] = path
 	}
 	if !ipMode {
 		s.peerMAC = nil
 	}
-	return nil
+	if s.vif != nil {
+		return nil
+	}
+	filename := path
+	if abstract {
+		// VPP opens the namespace by path when it creates the memif; it
+		// runs as another process, so the path names this process's
+		// descriptor of it.
+		ns, err := vwire.ResolveNetNS(s.kind, *m)
+		if err != nil {
+			return err
+		}
+		defer ns.Close()
+		filename = fmt.Sprintf("abstract:%s,netns_name=/proc/%d/fd/%d", d.memifAbstract(c.ID, s.kind), os.Getpid(), int(ns))
+		return d.memifCreate(ctx, vc, s, tag, ipMode, filename, "")
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return fmt.Errorf("memif dir: %w", err)
+	}
+	return d.memifCreate(ctx, vc, s, tag, ipMode, filename, dir)
+}
+
+// memifCreate adds the memif socket filename and a master memif on it;
+// dir, when not empty, is removed if the socket cannot be added.
+func (d *Dataplane) memifCreate(ctx context.Context, vc *Conn, s *side, tag string, ipMode bool, filename, dir string) error {
+	id, err := addMemifSocket(ctx, vc, filename)
+	if err != nil {
+		if dir != "" {
+			_ = os.RemoveAll(dir)
+		}
+		return err
+	}
+	s.sock, s.sockNew = &id, true
+	v, err := createMemif(ctx, vc, id, ipMode, nil, d.opts.Rings)
+	if err != nil {
+		return err
+	}
+	s.vif, s.vifNew = &v, true
+	return setTag(ctx, vc, v.index, tag)
 }
 
 // Disconnect implements forwarder.Dataplane.
@@ -751,6 +804,9 @@ func (d *Dataplane) remove(ctx context.Context, vc *Conn, id string, found map[s
 				errs = append(errs, d.delMemifSocketByPath(ctx, vc, filepath.Join(dir, "memif.sock")))
 			}
 			errs = append(errs, os.RemoveAll(dir))
+		}
+		if st == nil {
+			errs = append(errs, d.delMemifSocketByPath(ctx, vc, d.memifAbstract(id, k)))
 		}
 		l, err := d.host.LinkByName(vwire.HostIfName(d.opts.Name, id, k))
 		if err == nil && l.Attrs().Alias == vwire.LinkAlias(d.opts.Name, id, k) {

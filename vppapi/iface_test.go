@@ -17,3 +17,14 @@ func TestIfaceKind(t *testing.T) {
 		}
 	}
 }
+
+func TestAbstractName(t *testing.T) {
+	for in, want := range map[string]string{
+		"abstract:nsmfwd-ab-cd-c,netns_name=/proc/1/fd/7": "nsmfwd-ab-cd-c",
+		"abstract:x": "x", "/run/nsmfwd/memif/x/memif.sock": "", "": "",
+	} {
+		if got := abstractName(in); got != want {
+			t.Errorf("%q: %q, want %q", in, got, want)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	"go.fd.io/govpp/binapi/memif"
@@ -16,14 +17,15 @@ import (
 
 const reconcileWorkers = 8
 
-// delMemifSocketByPath removes VPP's registration of a socket file.
+// delMemifSocketByPath removes VPP's registration of a socket file, or of
+// the abstract socket with that name.
 func (d *Dataplane) delMemifSocketByPath(ctx context.Context, vc *Conn, path string) error {
 	socks, err := Dump[*memif.MemifSocketFilenameDetails](ctx, vc, &memif.MemifSocketFilenameDump{})
 	if err != nil {
 		return err
 	}
 	for _, s := range socks {
-		if s.SocketFilename == path {
+		if s.SocketFilename == path || abstractName(s.SocketFilename) == path {
 			return delMemifSocket(ctx, vc, s.SocketID)
 		}
 	}
@@ -101,7 +103,19 @@ func (d *Dataplane) Reconcile(ctx context.Context, wanted []*forwarder.Conn) (fo
 	if err != nil {
 		errs = append(errs, err)
 	}
+	keepAbstract := map[string]bool{}
+	for _, c := range wanted {
+		for _, k := range []forwarder.SideKind{forwarder.SideClient, forwarder.SideEndpoint} {
+			keepAbstract[d.memifAbstract(c.ID, k)] = true
+		}
+	}
 	for _, s := range socks {
+		if name := abstractName(s.SocketFilename); name != "" {
+			if strings.HasPrefix(name, d.memifAbstractPrefix()) && !keepAbstract[name] {
+				errs = append(errs, delMemifSocket(ctx, vc, s.SocketID))
+			}
+			continue
+		}
 		dir := filepath.Dir(s.SocketFilename)
 		if filepath.Dir(dir) != root || keepDirs[dir] {
 			continue

@@ -20,6 +20,7 @@ import (
 	"go.fd.io/govpp/binapi/interface_types"
 	"go.fd.io/govpp/binapi/ip_types"
 	"go.fd.io/govpp/binapi/l2"
+	"go.fd.io/govpp/binapi/memif"
 	"go.fd.io/govpp/binapi/vlib"
 	"golang.org/x/sys/unix"
 
@@ -200,15 +201,37 @@ func TestMemifPeerVPP(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = d.Close() })
 
-	for i, payload := range []forwarder.Payload{forwarder.PayloadEthernet, forwarder.PayloadIP} {
-		t.Run(string(payload), func(t *testing.T) {
+	for i, tc := range []struct {
+		payload  forwarder.Payload
+		abstract bool
+	}{{forwarder.PayloadEthernet, false}, {forwarder.PayloadIP, false}, {forwarder.PayloadEthernet, true}} {
+		payload := tc.payload
+		name := string(payload)
+		if tc.abstract {
+			name += "/abstract"
+		}
+		t.Run(name, func(t *testing.T) {
 			epName, epPath := nstest.New(t)
-			c := memifTestConn("memif-"+string(payload), payload, epPath)
+			c := memifTestConn("memif-"+strconv.Itoa(i), payload, epPath)
+			if tc.abstract {
+				// NSM's abstract-socket form: the mechanism names the
+				// workload's namespace, the socket is made in it.
+				c.Client.Mechanism.Params = map[string]string{forwarder.ParamNetNSURL: "file://" + cnfPath}
+			}
 			if err := d.Connect(context.Background(), c); err != nil {
 				t.Fatal(err)
 			}
 			sock := c.Client.Mechanism.Param(ParamSocketFile)
-			if _, err := os.Stat(filepath.Dir(sock)); err != nil {
+			if tc.abstract {
+				if strings.Contains(sock, "/") || !strings.HasPrefix(sock, "nsmfwd-") {
+					t.Fatalf("socketfile %q: want an abstract socket's name", sock)
+				}
+				// The socket is in the workload's namespace, not the node's.
+				if out, _ := nstest.Exec(t, "", "cat", "/proc/net/unix"); strings.Contains(out, "@"+sock) {
+					t.Fatalf("abstract socket %s in the node's namespace", sock)
+				}
+				sock = "abstract:" + sock
+			} else if _, err := os.Stat(filepath.Dir(sock)); err != nil {
 				t.Fatalf("memif socket dir: %v", err)
 			}
 			// Not connected yet: the workload connects after the Request
@@ -232,6 +255,11 @@ func TestMemifPeerVPP(t *testing.T) {
 			cli(t, cnf, "set interface ip address "+ifName+" 10.70.0.1/24")
 			vppPing(t, cnf, "10.70.0.2")
 			nsPing(t, epName, "10.70.0.1")
+			if tc.abstract {
+				if out, _ := nstest.Exec(t, filepath.Base(cnfPath), "cat", "/proc/net/unix"); !strings.Contains(out, "@"+strings.TrimPrefix(sock, "abstract:")) {
+					t.Fatalf("no abstract socket %s in the workload's namespace:\n%s", sock, out)
+				}
+			}
 
 			// The CNF goes away: its memif disconnects, and after the
 			// grace the side counts as dead (never before it connected).
@@ -267,7 +295,21 @@ func TestMemifPeerVPP(t *testing.T) {
 			if err := d.Disconnect(context.Background(), c.ID); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := os.Stat(filepath.Dir(sock)); !os.IsNotExist(err) {
+			if tc.abstract {
+				cnfName := filepath.Base(cnfPath)
+				if out, _ := nstest.Exec(t, cnfName, "cat", "/proc/net/unix"); strings.Contains(out, "@"+strings.TrimPrefix(sock, "abstract:")) {
+					t.Fatalf("abstract socket left in the workload's namespace after Disconnect")
+				}
+				socks, err := Dump[*memif.MemifSocketFilenameDetails](context.Background(), fwdVPP, &memif.MemifSocketFilenameDump{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, x := range socks {
+					if strings.HasPrefix(x.SocketFilename, sock) {
+						t.Fatalf("VPP keeps the socket %s after Disconnect", x.SocketFilename)
+					}
+				}
+			} else if _, err := os.Stat(filepath.Dir(sock)); !os.IsNotExist(err) {
 				t.Fatalf("memif socket dir left after Disconnect: %v", err)
 			}
 			if left := taggedIfs(t, fwdVPP, "memif-test"); len(left) != 0 {

@@ -26,8 +26,6 @@ func ParamsField(side forwarder.SideKind) string {
 }
 
 // ResolveNetNS opens the namespace a side's mechanism names.
-
-// ResolveNetNS opens the namespace a side's mechanism names.
 func ResolveNetNS(side forwarder.SideKind, m forwarder.Mechanism) (netns.NsHandle, error) {
 	field := ParamsField(side) + forwarder.ParamNetNSURL
 	raw := m.Param(forwarder.ParamNetNSURL)
