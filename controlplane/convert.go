@@ -152,3 +152,24 @@ func nextHopError(err error) error {
 	}
 	return status.Error(st.Code(), "next hop: "+st.Message())
 }
+
+// MechanismLabels are the connection labels NSM uses to steer a client's
+// mechanism, which the dataplanes read as mechanism parameters of the same
+// name: sriovToken names the SR-IOV pool ("<serviceDomain>/<capability>")
+// the client's VF comes from.
+var MechanismLabels = []string{"sriovToken"}
+
+// labelParams copies MechanismLabels from labels into the client's
+// mechanism m where it has no such parameter of its own.
+func labelParams(m *networkservice.Mechanism, labels map[string]string) {
+	for _, k := range MechanismLabels {
+		v, ok := labels[k]
+		if !ok || v == "" || m.GetParameters()[k] != "" {
+			continue
+		}
+		if m.Parameters == nil {
+			m.Parameters = map[string]string{}
+		}
+		m.Parameters[k] = v
+	}
+}

@@ -79,6 +79,9 @@ func (d *fakeDP) Check(_ context.Context, id string, side forwarder.SideKind, m 
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.record("check %s %s %s", id, side, m.Type)
+	if tok := m.Param("sriovToken"); tok != "" {
+		d.record("check %s %s sriovToken=%s", id, side, tok)
+	}
 	return d.checkErr[side]
 }
 

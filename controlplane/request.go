@@ -97,6 +97,7 @@ func (s *Server) request(ctx context.Context, req *networkservice.NetworkService
 	if err != nil {
 		return nil, err
 	}
+	labelParams(cm, conn.GetLabels())
 	info.mechanism = s.mechanismLabel(cm.GetType())
 	if p, ok := peer.FromContext(ctx); ok {
 		fds.receive(ctx, log, fdRecver(p), cm.GetParameters()[forwarder.ParamNetNSURL], s.fdWait)

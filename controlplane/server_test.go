@@ -122,6 +122,41 @@ func TestRequestNew(t *testing.T) {
 	}
 }
 
+// NSM's sriovToken label reaches the dataplane as the client mechanism's
+// parameter (unless the mechanism has its own), so the SR-IOV dataplane
+// and the kernel+sriov router pick the pool by label.
+func TestRequestSRIOVTokenLabel(t *testing.T) {
+	e := newEnv(t, "", nil, nil)
+	req := newRequest("nsc-lbl", time.Minute)
+	req.Connection.Labels = map[string]string{"sriovToken": "worker.domain/10G"}
+	conn, err := e.client.Request(t.Context(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := conn.GetPath().GetPathSegments()[1].GetId()
+	if got := e.dp.Calls("check " + id + " client sriovToken="); !slices.Equal(got, []string{"check " + id + " client sriovToken=worker.domain/10G"}) {
+		t.Fatalf("dataplane checks %q: want the label as the client mechanism's sriovToken", got)
+	}
+	if got := e.dp.conns[id].Client.Mechanism.Param("sriovToken"); got != "worker.domain/10G" {
+		t.Fatalf("connected with sriovToken %q", got)
+	}
+	// A parameter of the mechanism's own wins over the label.
+	req = newRequest("nsc-own", time.Minute)
+	req.Connection.Labels = map[string]string{"sriovToken": "worker.domain/10G"}
+	for _, m := range req.GetMechanismPreferences() {
+		if m.GetType() == forwarder.MechanismKernel {
+			m.Parameters["sriovToken"] = "other.domain/25G"
+		}
+	}
+	conn, err = e.client.Request(t.Context(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := conn.GetMechanism().GetParameters()["sriovToken"]; got != "other.domain/25G" {
+		t.Fatalf("sriovToken %q: want the mechanism's own", got)
+	}
+}
+
 func TestRequestRefresh(t *testing.T) {
 	e := newEnv(t, "", nil, nil)
 	conn, err := e.client.Request(t.Context(), newRequest("nsc-1", time.Minute))

@@ -27,8 +27,8 @@ const (
 	// through Options.TokenResolver.
 	ParamTokenID = "tokenID"
 	// ParamSRIOVToken names the pool, "<serviceDomain>/<capability>", as
-	// NSM's sriovToken label does (the label itself does not reach a
-	// dataplane; see docs/sriov.md).
+	// NSM's sriovToken label does (the control plane copies the label
+	// here; see docs/sriov.md).
 	ParamSRIOVToken = "sriovToken"
 	// ParamPCIAddress is set on the client's mechanism to the VF given.
 	ParamPCIAddress = "pciAddress"
