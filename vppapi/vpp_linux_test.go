@@ -322,6 +322,70 @@ func TestMemifPeerVPP(t *testing.T) {
 	}
 }
 
+// A forwarder that restarts while a memif's peer is connected, and whose
+// peer then leaves, still sees the death: VPP's counters say the memif had
+// a peer, which the new process never saw connected.
+func TestMemifDeathAfterRestart(t *testing.T) {
+	bin := vppBinary(t)
+	_, nodePath := nstest.New(t)
+	_, cnfPath := nstest.New(t)
+	p := startVPP(t, bin, nodePath)
+	fwdVPP := dialVPP(t, p)
+	cnf := dialVPP(t, startVPP(t, bin, cnfPath))
+	stats := NewStats(p.StatsSocket())
+	t.Cleanup(stats.Close)
+	memifDir := t.TempDir()
+	opts := Options{Name: "memif-restart", Conn: fwdVPP, HostNetNS: nodePath, MemifDir: memifDir, Stats: stats}
+	d, err := New(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	epName, epPath := nstest.New(t)
+	c := memifTestConn("memif-restart", forwarder.PayloadEthernet, epPath)
+	if err := d.Connect(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	sock := c.Client.Mechanism.Param(ParamSocketFile)
+	cli(t, cnf, "create memif socket id 1 filename "+sock)
+	cli(t, cnf, "create interface memif id 0 socket-id 1 slave")
+	cli(t, cnf, "set interface state memif1/0 up")
+	cli(t, cnf, "set interface ip address memif1/0 10.70.0.1/24")
+	vppPing(t, cnf, "10.70.0.2")
+	nsPing(t, epName, "10.70.0.1")
+	_ = d.Close() // the forwarder goes; VPP and the vWire stay
+
+	d2, err := New(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d2.Close() })
+	if res, err := d2.Reconcile(context.Background(), []*forwarder.Conn{c.Clone()}); err != nil || len(res.Failed) > 0 {
+		t.Fatalf("reconcile: %+v %v", res, err)
+	}
+	cli(t, cnf, "delete interface memif memif1/0")
+	gone := time.Now()
+	for {
+		ok, why, err := d2.Alive(context.Background(), c, forwarder.SideClient)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			if why != forwarder.ReasonClientInterfaceGone {
+				t.Fatalf("reason %q", why)
+			}
+			t.Logf("memif peer gone after a forwarder restart: dead after %v", time.Since(gone).Round(time.Millisecond))
+			break
+		}
+		if time.Since(gone) > 5*time.Second {
+			t.Fatal("memif side still alive 5 s after its peer left")
+		}
+		time.Sleep(memifCheckInterval)
+	}
+	if err := d2.Disconnect(context.Background(), c.ID); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func taggedIfs(t *testing.T, c *Conn, name string) []string {
 	t.Helper()
 	found, err := dumpTagged(context.Background(), c, tagPrefix(name))

@@ -155,6 +155,25 @@ type memifWatch struct {
 	up        map[interface_types.InterfaceIndex]bool
 	wasUp     map[interface_types.InterfaceIndex]bool
 	downSince map[interface_types.InterfaceIndex]time.Time
+	// counted holds the memifs whose counters were read once (see
+	// memifHadPeer).
+	counted map[interface_types.InterfaceIndex]bool
+}
+
+// memifHadPeer reports, once per memif, whether VPP has received packets
+// on it: a memif found disconnected by a forwarder that did not see it
+// connected (one that restarted meanwhile) had a peer if it did, and that
+// peer is gone. VPP's counters outlive the forwarder; w.mu is held.
+func (d *Dataplane) memifHadPeer(ctx context.Context, w *memifWatch, idx interface_types.InterfaceIndex) bool {
+	if d.opts.Stats == nil || w.counted[idx] {
+		return false
+	}
+	if w.counted == nil {
+		w.counted = map[interface_types.InterfaceIndex]bool{}
+	}
+	w.counted[idx] = true
+	rx, _, err := d.opts.Stats.InterfaceCounters(ctx, uint32(idx))
+	return err == nil && rx[uint32(idx)].Packets > 0
 }
 
 // watchMemif asks for a check of every connection every
@@ -234,9 +253,10 @@ func (d *Dataplane) memifAlive(ctx context.Context, id string, side forwarder.Si
 		w.wasUp[v.index] = true
 		delete(w.downSince, v.index)
 		return true, "", nil
-	case !w.wasUp[v.index]:
+	case !w.wasUp[v.index] && !d.memifHadPeer(ctx, w, v.index):
 		return true, "", nil
 	}
+	w.wasUp[v.index] = true
 	since, ok := w.downSince[v.index]
 	if !ok {
 		w.downSince[v.index] = now
