@@ -24,8 +24,8 @@ const resubscribeDelay = 100 * time.Millisecond
 type LinkWatch struct {
 	// Name is the forwarder's name: only links with its aliases count.
 	Name string
-	// NS is the namespace of the node-side veth ends; a closed handle
-	// means the process's own.
+	// NS is the namespace of the node-side veth ends; the zero value or a
+	// closed handle means the process's own.
 	NS netns.NsHandle
 	// Logger receives interruptions; nil discards.
 	Logger *slog.Logger
@@ -78,7 +78,10 @@ func (w LinkWatch) once(ctx context.Context, ch chan<- forwarder.Death, pending 
 		ReceiveBufferSize:      watchRecvBuffer,
 		ReceiveBufferForceSize: true,
 	}
-	if w.NS.IsOpen() {
+	// 0 is the zero value (a LinkWatch that names no namespace), not a
+	// namespace: setns on whatever fd 0 is fails, and the watch would never
+	// start.
+	if w.NS.IsOpen() && w.NS != 0 {
 		ns := w.NS
 		opts.Namespace = &ns
 	}

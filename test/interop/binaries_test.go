@@ -60,6 +60,14 @@ func TestNSMBinaries(t *testing.T) {
 	// /etc/netns/NAME/resolv.conf over /etc/resolv.conf).
 	d.privateResolvConf(clientNS.name)
 	d.privateResolvConf(epNS.name)
+	// NSM's NSC checks the datapath with unprivileged ICMP sockets (its
+	// heal pings the endpoint), which a namespace allows only with
+	// ping_group_range opened, as a pod spec's sysctls do.
+	for _, ns := range []string{clientNS.name, epNS.name} {
+		if out, err := nstest.Exec(t, ns, "sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"); err != nil {
+			t.Fatalf("ping_group_range in %s: %v %s", ns, err, out)
+		}
+	}
 
 	spire, err := identitytest.NewWorkloadAPI(d.dir, trustDomain)
 	if err != nil {
@@ -228,6 +236,10 @@ func (d *procWorld) start(name string, env []string, args ...string) *exec.Cmd {
 			_ = cmd.Wait()
 		}
 		_ = logf.Close()
+		if dir := os.Getenv("NSM_TIER2_KEEP_LOGS"); dir != "" { // for debugging: every process's whole log
+			b, _ := os.ReadFile(logf.Name())
+			_ = os.WriteFile(filepath.Join(dir, name+".log"), b, 0o600)
+		}
 		if d.t.Failed() {
 			b, _ := os.ReadFile(logf.Name())
 			if len(b) > 20000 {
