@@ -3,6 +3,7 @@ package vwire
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"sync"
@@ -38,7 +39,7 @@ func TestLinkWatchZeroNSIsOwn(t *testing.T) {
 	defer cancel()
 	ch := make(chan forwarder.Death, 16)
 	w := LinkWatch{Name: "zero-ns", Logger: slog.New(slog.NewTextHandler(&logs, nil))}
-	if err := WatchLinkDeaths(ctx, w, ch); err != context.DeadlineExceeded {
+	if err := WatchLinkDeaths(ctx, w, ch); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("watch ended with %v", err)
 	}
 	if strings.Contains(logs.String(), "interrupted") {
