@@ -62,19 +62,45 @@ func key(f Flow) xskpinholePinholeKey {
 	return xskpinholePinholeKey{Addr: f.Remote.As16(), Port: f.Port}
 }
 
-// ProgramName is the name of the XDP program with id (as the kernel
-// keeps it: 15 characters at most).
-func ProgramName(id uint32) (string, error) {
+// programInfo is the kernel's information on the BPF program with id.
+func programInfo(id uint32) (*ebpf.ProgramInfo, error) {
 	p, err := ebpf.NewProgramFromID(ebpf.ProgramID(id))
 	if err != nil {
-		return "", fmt.Errorf("xdp program %d: %w", id, err)
+		return nil, fmt.Errorf("xdp program %d: %w", id, err)
 	}
 	defer p.Close()
 	info, err := p.Info()
 	if err != nil {
-		return "", fmt.Errorf("xdp program %d: %w", id, err)
+		return nil, fmt.Errorf("xdp program %d: %w", id, err)
+	}
+	return info, nil
+}
+
+// ProgramName is the name of the XDP program with id (as the kernel
+// keeps it: 15 characters at most).
+func ProgramName(id uint32) (string, error) {
+	info, err := programInfo(id)
+	if err != nil {
+		return "", err
 	}
 	return info.Name, nil
+}
+
+// keys lists the keys of a pinholes map.
+func keys(m *ebpf.Map) ([]xskpinholePinholeKey, error) {
+	var (
+		k   xskpinholePinholeKey
+		v   uint8
+		out []xskpinholePinholeKey
+	)
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, k)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("pinholes map: %w", err)
+	}
+	return out, nil
 }
 
 // Flows lists the flows in the pinholes map of the xskpinhole program
@@ -85,28 +111,19 @@ func Flows(progID uint32) ([]Flow, error) {
 		return nil, err
 	}
 	defer m.Close()
-	var (
-		k   xskpinholePinholeKey
-		v   uint8
-		out []Flow
-	)
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		out = append(out, Flow{Remote: netip.AddrFrom16(k.Addr).Unmap(), Port: k.Port})
+	ks, err := keys(m)
+	out := make([]Flow, len(ks))
+	for i, k := range ks {
+		out[i] = Flow{Remote: netip.AddrFrom16(k.Addr).Unmap(), Port: k.Port}
 	}
-	return out, it.Err()
+	return out, err
 }
 
 // pinholeMap opens the pinholes map of the xskpinhole program with id.
 func pinholeMap(progID uint32) (*ebpf.Map, error) {
-	p, err := ebpf.NewProgramFromID(ebpf.ProgramID(progID))
+	info, err := programInfo(progID)
 	if err != nil {
-		return nil, fmt.Errorf("xdp program %d: %w", progID, err)
-	}
-	defer p.Close()
-	info, err := p.Info()
-	if err != nil {
-		return nil, fmt.Errorf("xdp program %d: %w", progID, err)
+		return nil, err
 	}
 	ids, _ := info.MapIDs()
 	for _, id := range ids {
@@ -134,20 +151,16 @@ func SyncPinholes(progID uint32, flows []Flow) error {
 	for _, f := range flows {
 		want[key(f)] = true
 	}
-	var (
-		k     xskpinholePinholeKey
-		v     uint8
-		stale []xskpinholePinholeKey
-	)
-	it := m.Iterate()
-	for it.Next(&k, &v) {
+	have, err := keys(m)
+	if err != nil {
+		return err
+	}
+	var stale []xskpinholePinholeKey
+	for _, k := range have {
 		if !want[k] {
 			stale = append(stale, k)
 		}
 		delete(want, k)
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("pinholes map: %w", err)
 	}
 	for _, k := range stale {
 		if err := m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {

@@ -8,13 +8,12 @@
 // its rx queue; every other frame, ARP and neighbour discovery included,
 // goes on to the host's stack.
 
-#include <linux/bpf.h>
+#include "xsk.h"
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
 #include <linux/udp.h>
-#include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
 // pinhole_key is a tunnel's far end (IPv4 as ::ffff:a.b.c.d) and the
@@ -31,13 +30,6 @@ struct {
 	__type(key, struct pinhole_key);
 	__type(value, __u8);
 } pinholes SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_XSKMAP);
-	__uint(max_entries, 64);
-	__type(key, __u32);
-	__type(value, __u32);
-} xsks_map SEC(".maps");
 
 SEC("xdp")
 int nsmfwd_xsk_pinhole(struct xdp_md *ctx)
@@ -75,7 +67,7 @@ int nsmfwd_xsk_pinhole(struct xdp_md *ctx)
 	key.port = bpf_ntohs(udp->dest);
 	if (!bpf_map_lookup_elem(&pinholes, &key))
 		return XDP_PASS;
-	return bpf_redirect_map(&xsks_map, ctx->rx_queue_index, XDP_PASS);
+	return to_vpp(ctx);
 }
 
 char __license[] SEC("license") = "Dual MIT/GPL";

@@ -6,35 +6,17 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/nsmfwd/nsmfwd/forwarder"
 )
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // A LinkWatch that names no namespace (its zero value, as a forwarder in
 // the host's namespace builds it) watches the process's own: it must not
 // take its zero NS for fd 0 and fail to subscribe over and over.
 func TestLinkWatchZeroNSIsOwn(t *testing.T) {
-	var logs syncBuffer
+	var logs bytes.Buffer // written by the watch, which runs in this goroutine
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
 	ch := make(chan forwarder.Death, 16)
