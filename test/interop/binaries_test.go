@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -129,8 +130,12 @@ func TestNSMBinaries(t *testing.T) {
 		"NSM_NETWORK_SERVICES=kernel://icmp-responder/nsm-1",
 		"NSM_LOCAL_DNS_SERVER_ENABLED=false",
 		// Short, so NSM closes the connection soon after the NSC dies.
+		// NSMgr closes a connection at the caller's token expiry minus the
+		// caller's request timeout, so the timeout must be shorter than the
+		// lifetime: with 60 s against 30 s NSMgr closed every connection as
+		// soon as it was made and the NSC healed in a loop.
 		"NSM_MAX_TOKEN_LIFETIME=30s",
-		"NSM_REQUEST_TIMEOUT=60s",
+		"NSM_REQUEST_TIMEOUT=10s",
 	}, common...), "ip", "netns", "exec", clientNS.name, filepath.Join(binDir, "cmd-nsc"))
 
 	// NSM's NSC gets nsm-1 through nsmfwd.
@@ -150,6 +155,16 @@ func TestNSMBinaries(t *testing.T) {
 		t.Fatalf("NSM's NSC cannot ping NSM's icmp-responder at %s through nsmfwd: %v\n%s", nseAddr, err, out)
 	}
 	t.Logf("NSC -> icmp-responder %s through nsmfwd:\n%s", nseAddr, strings.TrimSpace(out))
+	// The vWire stays: no Close and re-Request behind the NSC's back (a
+	// heal loop would give nsm-1 a new ifindex every time).
+	first := linkIndex(t, clientNS.name, "nsm-1")
+	time.Sleep(3 * time.Second)
+	if again := linkIndex(t, clientNS.name, "nsm-1"); again != first {
+		t.Fatalf("nsm-1 was re-created within 3 s (ifindex %d, then %d): the connection is being closed and requested again", first, again)
+	}
+	if out, err := nstest.Exec(t, clientNS.name, "ping", "-c", "5", "-i", "0.2", "-W", "2", nseAddr.String()); err != nil || !strings.Contains(out, " 0% packet loss") {
+		t.Fatalf("ping through nsmfwd after 3 s: %v\n%s", err, out)
+	}
 
 	// Kill the NSC: no Close. Its token expires, NSMgr closes the
 	// connection downstream and nsmfwd removes the vWire.
@@ -165,6 +180,20 @@ func TestNSMBinaries(t *testing.T) {
 		t.Fatalf("after the NSC was killed nsmfwd left:\nlinks before %v\nlinks after  %v\nBPF programs before %v\nafter %v",
 			w.before.links, now.links, w.before.progs, now.progs)
 	}
+}
+
+// linkIndex is the ifindex of the link name in the namespace ns.
+func linkIndex(t *testing.T, ns, name string) int {
+	t.Helper()
+	out, err := nstest.Exec(t, ns, "cat", "/sys/class/net/"+name+"/ifindex")
+	if err != nil {
+		t.Fatalf("%s in %s: %v %s", name, ns, err, out)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(out))
+	if err != nil {
+		t.Fatalf("ifindex of %s: %q", name, out)
+	}
+	return n
 }
 
 // sameAsBeforeIgnoring compares links in every namespace but skip (the
