@@ -29,9 +29,9 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/nsmfwd/nsmfwd/controlplane"
-	ebpfkernel "github.com/nsmfwd/nsmfwd/ebpf/kernel"
 	"github.com/nsmfwd/nsmfwd/forwarder"
 	"github.com/nsmfwd/nsmfwd/internal/netns/nstest"
+	"github.com/nsmfwd/nsmfwd/vppapi"
 )
 
 const (
@@ -59,12 +59,13 @@ type world struct {
 	nsc    networkservice.NetworkServiceClient
 	fwd    *fwdInstance
 	before snapshot
+	vpp    *vppapi.Process // the VPP dataplane's VPP, started once per world
 }
 
 type nsInfo struct{ name, path string }
 
 type fwdInstance struct {
-	dp   *ebpfkernel.Dataplane
+	dp   closingDataplane
 	srv  *controlplane.Server
 	gs   *grpc.Server
 	done chan struct{}
@@ -186,12 +187,7 @@ func (w *world) startForwarder(lis net.Listener) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pinDir := filepath.Join(ebpfkernel.DefaultPinDir, w.name)
-	t.Cleanup(func() { _ = os.RemoveAll(pinDir) })
-	dp, err := ebpfkernel.New(context.Background(), ebpfkernel.Options{Name: w.name, HostNetNS: w.node.path, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatalf("kernel dataplane: %v", err)
-	}
+	dp := w.newDataplane(t)
 	nsmgrURL := w.domain.Nodes[0].NSMgr.URL.String()
 	dialOpts := sandbox.DialOptions(sandbox.WithTokenGenerator(sandbox.GenerateTestToken))
 	regc, err := controlplane.NewClient(nsmgrURL, dialOpts...)

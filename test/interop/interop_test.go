@@ -21,7 +21,9 @@ import (
 // Request goes through sdk's NSMgr, which selects nsmfwd from the registry
 // as the node's forwarder; nsmfwd asks the sdk NSE for the endpoint side
 // and builds the vWire between the two namespaces.
-func TestSDKInterop(t *testing.T) {
+func TestSDKInterop(t *testing.T) { forEachDataplane(t, testSDKInterop) }
+
+func testSDKInterop(t *testing.T) {
 	w := newWorld(t)
 
 	conn := w.request(nil)
@@ -72,7 +74,9 @@ func TestSDKInterop(t *testing.T) {
 // endpoint cannot be told. No DOWN event reaches the NSC before that: nsmfwd
 // does not watch its next hop's MonitorConnections, so an endpoint whose
 // server dies while its namespace lives is noticed only on the next refresh.
-func TestSDKInteropEndpointGone(t *testing.T) {
+func TestSDKInteropEndpointGone(t *testing.T) { forEachDataplane(t, testSDKInteropEndpointGone) }
+
+func testSDKInteropEndpointGone(t *testing.T) {
 	w := newWorld(t)
 	conn := w.request(nil)
 	w.checkWire(conn)
@@ -205,6 +209,10 @@ func sameSnapshot(a, b snapshot) bool {
 // a caller's identity is its path segment's name; tier 3
 // (TestSPIFFEInterop) checks the same with SPIFFE IDs.
 func TestSDKInteropOtherIdentityCannotClose(t *testing.T) {
+	forEachDataplane(t, testSDKInteropOtherIdentityCannotClose)
+}
+
+func testSDKInteropOtherIdentityCannotClose(t *testing.T) {
 	w := newWorld(t)
 	conn := w.request(nil)
 	w.pingBothWays(conn)

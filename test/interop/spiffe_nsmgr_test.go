@@ -38,7 +38,6 @@ import (
 	"github.com/nsmfwd/nsmfwd/controlplane/identity"
 	"github.com/nsmfwd/nsmfwd/controlplane/identity/identitytest"
 	"github.com/nsmfwd/nsmfwd/controlplane/nsc"
-	ebpfkernel "github.com/nsmfwd/nsmfwd/ebpf/kernel"
 	"github.com/nsmfwd/nsmfwd/forwarder"
 	"github.com/nsmfwd/nsmfwd/internal/netns/nstest"
 )
@@ -54,7 +53,9 @@ var registryServerPolicies = []string{"etc/nsm/opa/common/.*.rego", "etc/nsm/opa
 // with SPIFFE, is selected as the forwarder, finds the endpoint through its
 // registry and builds the vWire; an identity other than NSMgr can neither
 // close nor see the connection.
-func TestSPIFFEInteropNSMgr(t *testing.T) {
+func TestSPIFFEInteropNSMgr(t *testing.T) { forEachDataplane(t, testSPIFFEInteropNSMgr) }
+
+func testSPIFFEInteropNSMgr(t *testing.T) {
 	nstest.RequireRoot(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &spiffeWorld{world: &world{t: t, ctx: ctx, dir: t.TempDir(), name: "nsmfwd-" + shortID()}}
@@ -107,12 +108,7 @@ func TestSPIFFEInteropNSMgr(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pinDir := filepath.Join(ebpfkernel.DefaultPinDir, w.name)
-	t.Cleanup(func() { removeAll(pinDir) })
-	dp, err := ebpfkernel.New(context.Background(), ebpfkernel.Options{Name: w.name, HostNetNS: w.node.path, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatalf("kernel dataplane: %v", err)
-	}
+	dp := w.newDataplane(t)
 	t.Cleanup(func() { _ = dp.Close() })
 	regc, err := controlplane.NewClient(mgrURL.String(), id.DialOptions()...)
 	if err != nil {

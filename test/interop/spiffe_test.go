@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -44,7 +43,6 @@ import (
 	"github.com/nsmfwd/nsmfwd/controlplane/identity"
 	"github.com/nsmfwd/nsmfwd/controlplane/identity/identitytest"
 	"github.com/nsmfwd/nsmfwd/controlplane/nsc"
-	ebpfkernel "github.com/nsmfwd/nsmfwd/ebpf/kernel"
 	"github.com/nsmfwd/nsmfwd/forwarder"
 	"github.com/nsmfwd/nsmfwd/internal/netns/nstest"
 )
@@ -239,12 +237,7 @@ func (w *spiffeWorld) startSPIFFEForwarder() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pinDir := filepath.Join(ebpfkernel.DefaultPinDir, w.name)
-	t.Cleanup(func() { removeAll(pinDir) })
-	dp, err := ebpfkernel.New(context.Background(), ebpfkernel.Options{Name: w.name, HostNetNS: w.node.path, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatalf("kernel dataplane: %v", err)
-	}
+	dp := w.newDataplane(t)
 	t.Cleanup(func() { _ = dp.Close() })
 	next, err := controlplane.NewClient("unix://"+w.nseSock, id.DialOptions()...)
 	if err != nil {
@@ -300,7 +293,9 @@ func (w *spiffeWorld) raw(name string) (networkservice.NetworkServiceClient, net
 }
 
 // TestSPIFFEInterop is tier 3 (see spiffeWorld).
-func TestSPIFFEInterop(t *testing.T) {
+func TestSPIFFEInterop(t *testing.T) { forEachDataplane(t, testSPIFFEInterop) }
+
+func testSPIFFEInterop(t *testing.T) {
 	w := newSPIFFEWorld(t)
 	alice := w.nsc("nsc-a")
 	req := &networkservice.NetworkServiceRequest{Connection: &networkservice.Connection{
@@ -428,5 +423,3 @@ func jwtClaims(t *testing.T, tok string) map[string]string {
 	}
 	return out
 }
-
-func removeAll(path string) { _ = os.RemoveAll(path) }
