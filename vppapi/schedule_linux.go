@@ -24,18 +24,29 @@ type Schedule struct {
 	RxMode string
 }
 
+// AFXDPPollSleepUsec is the poll sleep of a VPP that shares the node's
+// CPUs and polls AF_XDP queues.
+const AFXDPPollSleepUsec = 100
+
 // PlanSchedule chooses VPP's scheduling. With dedicated CPUs (the
 // operator's, e.g. isolated ones) the first runs the main thread and the
 // others a worker each, and interfaces are polled: lowest latency, the
 // cores always busy. Without, VPP shares the node: the main thread does
-// everything, and every interface is in interrupt mode, so VPP sleeps in
-// epoll until a packet or an API message comes (a few percent of a core
-// when idle) instead of holding a core. A poll sleep (VPP's own
-// poll-sleep-usec) is not needed then, and measured here it doubles the
-// round-trip time through VPP: 0 unless given. pollSleep, nice and rxMode
-// ("" for the choice), when given, override it.
-func PlanSchedule(cpus []int, pollSleep, nice *int, rxMode string) (Schedule, error) {
+// everything and must not hold a core. With af_packet (or tap) KERNEL
+// sides every interface is put in interrupt mode, so VPP sleeps in epoll
+// until a packet or an API message comes (a few percent of a core when
+// idle); a poll sleep (VPP's poll-sleep-usec) is then not needed, and
+// measured here it doubles the round trip through VPP. With AF_XDP KERNEL
+// sides the interfaces are polled with a 100 µs poll sleep instead: polled
+// AF_XDP queues are outside VPP's epoll, which VPP 25.10's main loop can
+// livelock on once 16 of its sockets are readable together, for 8 % of a
+// core when idle. pollSleep, nice and rxMode ("" for the choice), when
+// given, override it.
+func PlanSchedule(cpus []int, pollSleep, nice *int, rxMode, kernelMode string) (Schedule, error) {
 	s := Schedule{MainCore: -1, RxMode: RxModeInterrupt}
+	if kernelMode == ModeAFXDP {
+		s.RxMode, s.PollSleepUsec = RxModePolling, AFXDPPollSleepUsec
+	}
 	if len(cpus) > 0 {
 		allowed, err := allowedCPUs()
 		if err != nil {

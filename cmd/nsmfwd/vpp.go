@@ -34,8 +34,8 @@ type VPPConfig struct {
 	XDPDir      string        `env:"NSM_VPP_XDP_DIR" default:"" desc:"VPP dataplane: directory, readable by VPP, where nsmfwd writes its XDP programs for VPP's af_xdp (default: NSM_VPP_RUNTIME_DIR/xdp for a local VPP; none for an external one, which then uses its default program)"`
 	Buffers     int           `env:"NSM_VPP_BUFFERS" default:"16384" desc:"VPP dataplane: buffers-per-numa of the local VPP (2 KiB each; an AF_XDP interface pins NSM_VPP_AF_XDP_QUEUE of them)"`
 	CPUs        string        `env:"NSM_VPP_CPUS" default:"" desc:"VPP dataplane: CPUs dedicated to the local VPP (e.g. 2-3): the first runs its main thread, the others a worker each, interfaces polled; empty: VPP shares the node's CPUs, interfaces in interrupt mode"`
-	RxMode      string        `env:"NSM_VPP_RX_MODE" default:"" desc:"VPP dataplane: rx mode of connections' interfaces, interrupt or polling (default: interrupt sharing CPUs, polling with NSM_VPP_CPUS)"`
-	PollSleep   string        `env:"NSM_VPP_POLL_SLEEP_USEC" default:"" desc:"VPP dataplane: poll-sleep-usec of the local VPP's main thread (default 0)"`
+	RxMode      string        `env:"NSM_VPP_RX_MODE" default:"" desc:"VPP dataplane: rx mode of connections' interfaces, interrupt or polling (default: interrupt sharing CPUs, but polling for af_xdp; polling with NSM_VPP_CPUS)"`
+	PollSleep   string        `env:"NSM_VPP_POLL_SLEEP_USEC" default:"" desc:"VPP dataplane: poll-sleep-usec of the local VPP's main thread (default 0; 100 for af_xdp sharing CPUs)"`
 	Nice        string        `env:"NSM_VPP_NICE" default:"" desc:"VPP dataplane: nice value of the local VPP (default 0)"`
 	RxBlock     int           `env:"NSM_VPP_AF_PACKET_RX_BLOCK" default:"8192" desc:"VPP dataplane: bytes per af_packet rx block, 160 blocks per interface; 69632 or more keeps GSO on (10.6 MiB per interface), less turns the workload's TSO off"`
 	TxFrames    int           `env:"NSM_VPP_AF_PACKET_TX_FRAMES" default:"128" desc:"VPP dataplane: frames of an af_packet tx ring without GSO (2 KiB each; a GSO ring has 16 of 66 KiB)"`
@@ -70,7 +70,7 @@ func (vc VPPConfig) schedule() (vppapi.Schedule, error) {
 	if err != nil {
 		return vppapi.Schedule{}, err
 	}
-	s, err := vppapi.PlanSchedule(cpus, poll, nice, vc.RxMode)
+	s, err := vppapi.PlanSchedule(cpus, poll, nice, vc.RxMode, vc.KernelMode)
 	if err != nil {
 		return s, fmt.Errorf("VPP scheduling: %w", err)
 	}

@@ -12,6 +12,9 @@ func TestVPPSchedule(t *testing.T) {
 	if err != nil || s.PollSleepUsec != 0 || s.Nice != 0 || s.MainCore != -1 || s.RxMode != vppapi.RxModeInterrupt {
 		t.Fatalf("default: %+v, %v", s, err)
 	}
+	if s, err = (VPPConfig{KernelMode: "af_xdp"}).schedule(); err != nil || s.RxMode != vppapi.RxModePolling || s.PollSleepUsec != vppapi.AFXDPPollSleepUsec {
+		t.Fatalf("af_xdp sharing CPUs: %+v, %v", s, err)
+	}
 	if s, err = (VPPConfig{PollSleep: "100", Nice: "5", RxMode: "polling"}).schedule(); err != nil || s.PollSleepUsec != 100 || s.Nice != 5 || s.RxMode != vppapi.RxModePolling {
 		t.Fatalf("overrides: %+v, %v", s, err)
 	}
