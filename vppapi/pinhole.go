@@ -88,13 +88,10 @@ func pinholeRules(ps []Pinhole) []acl_types.ACLRule {
 	return rules
 }
 
-// tunnelPinholes lists the flows of the tunnels a forwarder name owns in
-// VPP: its tagged VXLAN tunnels and WireGuard interfaces' peers.
-func tunnelPinholes(ctx context.Context, c *Conn, name string) ([]Pinhole, error) {
-	tagged, err := dumpTagged(ctx, c, tagPrefix(name))
-	if err != nil {
-		return nil, err
-	}
+// tunnelPinholes lists the flows of the tunnels among tagged (a forwarder
+// name's interfaces, as dumpTagged gives them): its VXLAN tunnels and its
+// WireGuard interfaces' peers.
+func tunnelPinholes(ctx context.Context, c *Conn, tagged map[string]vppIf) ([]Pinhole, error) {
 	ours := map[interface_types.InterfaceIndex]bool{}
 	for _, v := range tagged {
 		ours[v.index] = true
@@ -218,16 +215,6 @@ func dropACL(ctx context.Context, c *Conn, index uint32) error {
 	return nil
 }
 
-// uplinkIf is the uplink a forwarder name attached to VPP, if any.
-func uplinkIf(ctx context.Context, c *Conn, name string) (vppIf, bool, error) {
-	found, err := dumpTagged(ctx, c, uplinkTag(name))
-	if err != nil {
-		return vppIf{}, false, err
-	}
-	v, ok := found[uplinkTag(name)]
-	return v, ok, nil
-}
-
 // protectUplink lets into VPP from the uplink v only the flows of ps (and
 // the ICMP VPP needs): by the ACL first on its input when VPP has the acl
 // plugin, and, on an AF_XDP uplink with nsmfwd's pinhole program, by that
@@ -253,11 +240,15 @@ func protectUplink(ctx context.Context, vc *Conn, name string, ns netns.NsHandle
 func (d *Dataplane) syncPinholes(ctx context.Context, vc *Conn) error {
 	d.pinholeMu.Lock()
 	defer d.pinholeMu.Unlock()
-	v, ok, err := uplinkIf(ctx, vc, d.opts.Name)
-	if err != nil || !ok {
-		return err
+	tagged, err := dumpTagged(ctx, vc, tagPrefix(d.opts.Name))
+	if err != nil {
+		return fmt.Errorf("uplink pinholes: %w", err)
 	}
-	ps, err := tunnelPinholes(ctx, vc, d.opts.Name)
+	v, ok := tagged[uplinkTag(d.opts.Name)]
+	if !ok {
+		return nil
+	}
+	ps, err := tunnelPinholes(ctx, vc, tagged)
 	if err != nil {
 		return fmt.Errorf("uplink pinholes: %w", err)
 	}

@@ -110,7 +110,9 @@ func AttachUplink(ctx context.Context, vc *Conn, opts UplinkOptions) (*Uplink, e
 		}
 	}
 	tag := uplinkTag(opts.Name)
-	found, err := dumpTagged(ctx, vc, tag)
+	// Every interface the name owns: the uplink, and the tunnels whose
+	// pinholes it opens.
+	found, err := dumpTagged(ctx, vc, tagPrefix(opts.Name))
 	if err != nil {
 		return nil, fmt.Errorf("vpp uplink: %w", err)
 	}
@@ -139,7 +141,7 @@ func AttachUplink(ctx context.Context, vc *Conn, opts UplinkOptions) (*Uplink, e
 	if err := uplinkConfigure(ctx, vc, h, link, up); err != nil {
 		return nil, fmt.Errorf("vpp uplink %s: %w", a.Name, err)
 	}
-	ps, err := tunnelPinholes(ctx, vc, opts.Name)
+	ps, err := tunnelPinholes(ctx, vc, found)
 	if err == nil {
 		up.Protected, err = protectUplink(ctx, vc, opts.Name, ns, h, v, ps, up.Gateways)
 	}

@@ -725,7 +725,8 @@ func TestTunnelsAcrossNodes(t *testing.T) {
 // lets into VPP.
 func xdpFlows(t *testing.T, n vppNode, name string) []string {
 	t.Helper()
-	v, ok, err := uplinkIf(context.Background(), n.vc, name)
+	found, err := dumpTagged(context.Background(), n.vc, uplinkTag(name))
+	v, ok := found[uplinkTag(name)]
 	if err != nil || !ok {
 		t.Fatalf("uplink of %s: %v", name, err)
 	}
