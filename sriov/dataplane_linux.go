@@ -679,7 +679,7 @@ func (d *Dataplane) moveIn(_ context.Context, v *vfEntry, ns netns.NsHandle, h *
 		}
 	}
 	if mac, err := net.ParseMAC(v.owner.MAC); err == nil && l.Attrs().HardwareAddr.String() != v.owner.MAC {
-		if err := d.host.LinkSetHardwareAddr(l, mac); err != nil {
+		if l, err = d.setNetdevMAC(l, mac); err != nil {
 			return nil, fmt.Errorf("vf %s: netdev mac: %w", v.vf.PCI, err)
 		}
 	}
@@ -709,6 +709,38 @@ func (d *Dataplane) moveIn(_ context.Context, v *vfEntry, ns netns.NsHandle, h *
 		moved.Attrs().Name = ifName
 	}
 	return moved, nil
+}
+
+// setNetdevMAC sets the MAC of the (down) VF netdev in the host
+// namespace. VF drivers ask the PF for it, and some refuse while the PF
+// holds an administrative MAC or right after it changed (igbvf: "attempted
+// to override administratively set MAC address"); they take the PF's MAC
+// when they reset, which they do when the link goes down. So on failure
+// the link is brought up and down again and, unless it then has the MAC,
+// asked once more.
+func (d *Dataplane) setNetdevMAC(l netlink.Link, mac net.HardwareAddr) (netlink.Link, error) {
+	err := d.host.LinkSetHardwareAddr(l, mac)
+	if err == nil {
+		return l, nil
+	}
+	if uerr := d.host.LinkSetUp(l); uerr != nil {
+		return l, errors.Join(err, uerr)
+	}
+	if derr := d.host.LinkSetDown(l); derr != nil {
+		return l, errors.Join(err, derr)
+	}
+	now, lerr := d.host.LinkByIndex(l.Attrs().Index)
+	if lerr != nil {
+		return l, errors.Join(err, lerr)
+	}
+	if now.Attrs().HardwareAddr.String() == mac.String() {
+		return now, nil
+	}
+	if err := d.host.LinkSetHardwareAddr(now, mac); err != nil {
+		return now, fmt.Errorf("%w (also after a reset, which left %s)", err, now.Attrs().HardwareAddr)
+	}
+	now.Attrs().HardwareAddr = mac
+	return now, nil
 }
 
 func findByAlias(h *netlink.Handle, alias string) (netlink.Link, error) {
@@ -852,7 +884,9 @@ func (d *Dataplane) moveOut(_ context.Context, v *vfEntry) error {
 		errs = append(errs, wrap("name", d.host.LinkSetName(l, o.Name)))
 	}
 	if mac, err := net.ParseMAC(o.MAC); err == nil && l.Attrs().HardwareAddr.String() != o.MAC {
-		errs = append(errs, wrap("netdev mac", d.host.LinkSetHardwareAddr(l, mac)))
+		var merr error
+		l, merr = d.setNetdevMAC(l, mac)
+		errs = append(errs, wrap("netdev mac", merr))
 	}
 	if o.MTU > 0 && l.Attrs().MTU != o.MTU {
 		errs = append(errs, wrap("mtu", d.host.LinkSetMTU(l, o.MTU)))
