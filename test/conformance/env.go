@@ -49,6 +49,13 @@ type Harness struct {
 	// objects in place that the dataplane uses but does not own (the
 	// SR-IOV dataplane's VF stand-ins).
 	SetupNode func(t testing.TB, nodeNS string)
+	// ManyDeaths is how many clients die at once in ManyClientsDie
+	// (default 200; the scenario needs one connection more).
+	ManyDeaths int
+	// HostNode runs the forwarder's node side in the test process's own
+	// (the machine's) namespace instead of a throwaway one: real SR-IOV
+	// VFs belong to their PF's namespace.
+	HostNode bool
 	// SkipDeath, when set, skips the death scenarios with this reason
 	// (their expectations follow veth ends, which die with a namespace
 	// where a VF's netdev comes back).
@@ -127,6 +134,10 @@ func newEnv(t *testing.T, h Harness, opts ...envOption) *env {
 	e := &env{t: t, h: h, dir: t.TempDir()}
 	e.name = fmt.Sprintf("fwd-%d", time.Now().UnixNano()%1e9)
 	for _, ns := range []*nsInfo{&e.node, &e.client, &e.endpoint} {
+		if ns == &e.node && h.HostNode {
+			e.node = nsInfo{name: "host", path: "/proc/1/ns/net"}
+			continue
+		}
 		ns.name, ns.path = nstest.New(t)
 	}
 	if h.SetupNode != nil {
