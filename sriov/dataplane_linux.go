@@ -827,7 +827,15 @@ func (d *Dataplane) restore(ctx context.Context, v *vfEntry) error {
 	} else if rec.Orig.Netdev != nil {
 		want.MAC = rec.Orig.Netdev.MAC
 	}
-	if err := d.pf.SetVF(ctx, v.pf.netdev, v.vf.Index, want); err != nil {
+	err := d.pf.SetVF(ctx, v.pf.netdev, v.vf.Index, want)
+	if ue, ok := err.(*UnsupportedError); ok { //nolint:errorlint // only a bare UnsupportedError means "the rest was restored"
+		// Everything else is back: report what the driver refuses
+		// rather than undo the rest with safe defaults.
+		d.pool.figures.restoreFailures.Add(1)
+		log.WarnContext(ctx, "vf settings the driver does not support were not restored", "fields", ue.Fields, "error", ue.Err)
+		err = nil
+	}
+	if err != nil {
 		// What cannot be put back is at least made safe: a VF leaves
 		// with spoof checking on, trust off, no VLAN and no rate limit
 		// rather than with the connection's settings.

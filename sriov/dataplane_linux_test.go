@@ -529,3 +529,45 @@ func TestRestoreFallsBackToSafeDefaults(t *testing.T) {
 		t.Fatalf("%d records left", n)
 	}
 }
+
+// TestRestoreReportsUnsupportedFields: a PF whose driver does not support
+// one setting (igb: the VF link state) restores every other field; the
+// refusal is counted and logged, not answered with safe defaults that
+// would undo the rest.
+func TestRestoreReportsUnsupportedFields(t *testing.T) {
+	w := newWorld(t)
+	dp := w.dataplane()
+	ctx := context.Background()
+	c := w.conn(1, "")
+	if err := dp.Connect(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	// The connection changed the link state behind our back (as another
+	// tool could); the restore must ask for the original one.
+	cur, _ := w.nic.Link.VF(ctx, "ens1f0", 0)
+	cur.LinkState = sriov.VFLinkStateAuto
+	if err := w.nic.Link.SetVF(ctx, "ens1f0", 0, cur); err != nil {
+		t.Fatal(err)
+	}
+	w.nic.Link.FailSet("ens1f0", 0, func(s sriov.VFSettings) error {
+		if s.LinkState != sriov.VFLinkStateAuto {
+			return &sriov.UnsupportedError{Fields: []string{"link state"}, Err: errors.New("set link state: operation not supported")}
+		}
+		return nil
+	})
+	if err := dp.Disconnect(ctx, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	want := sriovtest.Original(0)
+	want.LinkState = sriov.VFLinkStateAuto
+	if got, err := w.nic.Link.VF(ctx, "ens1f0", 0); err != nil || got != want {
+		t.Fatalf("VF 0: %v (%v), want every field but the link state restored: %v", got, err, want)
+	}
+	if f := dp.Figures(); f.RestoreFailures != 1 || f.PFs[0].Counts[0].Allocated != 0 {
+		t.Fatalf("figures: %+v", f)
+	}
+	w.nic.Link.FailSet("ens1f0", 0, nil)
+	if err := w.nic.Link.SetVF(ctx, "ens1f0", 0, sriovtest.Original(0)); err != nil {
+		t.Fatal(err)
+	}
+}

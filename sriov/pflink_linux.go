@@ -7,6 +7,7 @@ import (
 	"net"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // NetlinkPF is the PFLink of a real NIC: IFLA_VF_* through the PF netdev
@@ -61,31 +62,45 @@ func (n *NetlinkPF) SetVF(_ context.Context, pf string, vf int, s VFSettings) er
 		return err
 	}
 	h := n.h()
-	var errs []error
+	var errs, unsupported []error
+	var fields []string
+	set := func(field string, err error) {
+		switch {
+		case err == nil:
+		case errors.Is(err, unix.EOPNOTSUPP):
+			fields = append(fields, field)
+			unsupported = append(unsupported, wrap(field, err))
+		default:
+			errs = append(errs, wrap(field, err))
+		}
+	}
 	if s.MAC != "" && s.MAC != cur.Mac.String() {
 		mac, err := net.ParseMAC(s.MAC)
 		if err == nil {
 			err = h.LinkSetVfHardwareAddr(l, vf, mac)
 		}
-		errs = append(errs, wrap("mac", err))
+		set("mac", err)
 	}
 	if s.VLAN != cur.Vlan || s.QoS != cur.Qos {
-		errs = append(errs, wrap("vlan", h.LinkSetVfVlanQos(l, vf, s.VLAN, s.QoS)))
+		set("vlan", h.LinkSetVfVlanQos(l, vf, s.VLAN, s.QoS))
 	}
 	if s.SpoofChk != cur.Spoofchk {
-		errs = append(errs, wrap("spoofchk", h.LinkSetVfSpoofchk(l, vf, s.SpoofChk)))
+		set("spoofchk", h.LinkSetVfSpoofchk(l, vf, s.SpoofChk))
 	}
 	if s.Trust != (cur.Trust != 0) {
-		errs = append(errs, wrap("trust", h.LinkSetVfTrust(l, vf, s.Trust)))
+		set("trust", h.LinkSetVfTrust(l, vf, s.Trust))
 	}
 	if s.MinTxRate != cur.MinTxRate || s.MaxTxRate != cur.MaxTxRate {
-		errs = append(errs, wrap("rate", h.LinkSetVfRate(l, vf, int(s.MinTxRate), int(s.MaxTxRate))))
+		set("rate", h.LinkSetVfRate(l, vf, int(s.MinTxRate), int(s.MaxTxRate)))
 	}
 	if s.LinkState != cur.LinkState {
-		errs = append(errs, wrap("link state", h.LinkSetVfState(l, vf, s.LinkState)))
+		set("link state", h.LinkSetVfState(l, vf, s.LinkState))
 	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("pf %s vf %d: %w", pf, vf, err)
+	if len(errs) > 0 {
+		return fmt.Errorf("pf %s vf %d: %w", pf, vf, errors.Join(append(errs, unsupported...)...))
+	}
+	if len(unsupported) > 0 {
+		return &UnsupportedError{Fields: fields, Err: fmt.Errorf("pf %s vf %d: %w", pf, vf, errors.Join(unsupported...))}
 	}
 	return nil
 }

@@ -39,6 +39,21 @@ func (s VFSettings) String() string {
 		s.MAC, s.VLAN, s.QoS, s.Trust, s.SpoofChk, s.MinTxRate, s.MaxTxRate, s.LinkState)
 }
 
+// UnsupportedError is what SetVF returns when every field it could set
+// was set and only fields the PF's driver does not support (igb: the VF
+// link state) were not. Restoring a VF reports them instead of falling
+// back to safe defaults, which would undo the fields that were restored.
+type UnsupportedError struct {
+	Fields []string // the settings refused, e.g. "link state"
+	Err    error
+}
+
+func (e *UnsupportedError) Error() string {
+	return fmt.Sprintf("vf settings not supported by the driver: %v", e.Err)
+}
+
+func (e *UnsupportedError) Unwrap() error { return e.Err }
+
 // PFLink reads and sets VF settings through a PF. NetlinkPF is the real
 // one; tests use a recording fake (netlink's VF calls do not work on the
 // veth stand-ins).
@@ -47,7 +62,8 @@ type PFLink interface {
 	// netdev is pf.
 	VF(ctx context.Context, pf string, vf int) (VFSettings, error)
 	// SetVF applies every field of s to the VF. Fields already equal may
-	// be skipped.
+	// be skipped. When only fields the driver does not support fail, the
+	// error is an *UnsupportedError (not wrapped).
 	SetVF(ctx context.Context, pf string, vf int, s VFSettings) error
 }
 

@@ -60,15 +60,25 @@ func (f *PFLink) VF(_ context.Context, pf string, vf int) (sriov.VFSettings, err
 func (f *PFLink) SetVF(_ context.Context, pf string, vf int, s sriov.VFSettings) error {
 	f.mu.Lock()
 	k := key(pf, vf)
+	var unsupported error
 	if fail := f.fail[k]; fail != nil {
 		if err := fail(s); err != nil {
-			f.mu.Unlock()
-			return err
+			// An *UnsupportedError means the rest was set: like a real
+			// PF, the fake sets every field but the link state.
+			if _, ok := err.(*sriov.UnsupportedError); !ok { //nolint:errorlint // the fake's own contract: a bare UnsupportedError
+				f.mu.Unlock()
+				return err
+			}
+			unsupported = err
 		}
 	}
-	if _, ok := f.vfs[k]; !ok {
+	cur, ok := f.vfs[k]
+	if !ok {
 		f.mu.Unlock()
 		return fmt.Errorf("fake pf %s: no VF %d", pf, vf)
+	}
+	if unsupported != nil {
+		s.LinkState = cur.LinkState
 	}
 	f.vfs[k] = s
 	f.ops = append(f.ops, fmt.Sprintf("set %s %s", k, s))
@@ -77,11 +87,13 @@ func (f *PFLink) SetVF(_ context.Context, pf string, vf int, s sriov.VFSettings)
 	if hook != nil {
 		hook(pf, vf, s)
 	}
-	return nil
+	return unsupported
 }
 
 // FailSet makes SetVF of one VF fail with what fail returns for the
 // settings asked for (nil fail clears it), as a PF refusing a value would.
+// When fail returns an *sriov.UnsupportedError, every field but the link
+// state is set anyway, as NetlinkPF does for a driver without link state.
 func (f *PFLink) FailSet(pf string, vf int, fail func(sriov.VFSettings) error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
