@@ -1,0 +1,279 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nsmfwd/nsmfwd/test/vm/guest"
+)
+
+// The guest's devices, at fixed PCI addresses: an igb PF whose VFs the
+// tests use, a second igb PF left with sriov_numvfs 0, and an e1000 NIC,
+// which has no SR-IOV at all (the bad-input cases).
+const (
+	pciPF      = "0000:01:00.0"
+	pciPFNoVF  = "0000:02:00.0"
+	pciNoSRIOV = "0000:00:05.0"
+	// numVFs is how many VFs the "operator" enables (igb's sriov_totalvfs
+	// is 7 in QEMU).
+	numVFs = 7
+)
+
+// devices are QEMU's arguments for them. The igb PFs sit behind PCIe root
+// ports so their VFs have buses of their own; hub ports give them a link
+// (up, carrier) that leads nowhere.
+var devices = []string{
+	"-netdev", "hubport,id=n0,hubid=0", "-device", "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,addr=0x3",
+	"-device", "igb,netdev=n0,bus=rp1",
+	"-netdev", "hubport,id=n1,hubid=1", "-device", "pcie-root-port,id=rp2,bus=pcie.0,chassis=2,addr=0x4",
+	"-device", "igb,netdev=n1,bus=rp2",
+	"-netdev", "hubport,id=n2,hubid=2", "-device", "e1000,netdev=n2,bus=pcie.0,addr=0x5",
+}
+
+// suite is what the guest runs by default: a package's tests built with
+// the sriov_hw tag, filtered by run.
+type suite struct {
+	pkg string // relative to the module root
+	run string // -test.run
+}
+
+var defaultSuites = []suite{
+	// nsmfwd's SR-IOV code on the real igb PF and VFs: discovery, pools,
+	// KERNEL and VFIO mechanisms, restore read back through netlink,
+	// crash-restart, bad input.
+	{pkg: "./sriov", run: "Hardware"},
+	// The conformance suite on the SR-IOV dataplane with real VFs.
+	{pkg: "./test/conformance", run: "SRIOVHardware"},
+	// The kernel dataplane's WireGuard tunnels (the guest kernel has
+	// wireguard.ko, the host may not).
+	{pkg: "./ebpf/kernel", run: "WireGuard"},
+}
+
+// TestGuestVM is the guest-VM tier: it builds the suites as static test
+// binaries, boots a Debian 6.12 kernel under QEMU (TCG) with an emulated
+// igb SR-IOV NIC and an IOMMU, runs them there as root and reports each
+// guest test as a subtest. It skips, saying why, when QEMU (with igb) or
+// a 6.12 kernel package is not available.
+//
+// NSMFWD_VM_PACKAGES (space or comma separated) and NSMFWD_VM_TESTRUN
+// replace the default suites, for development; NSMFWD_VM_SCRIPT runs a
+// shell script in the guest instead.
+func TestGuestVM(t *testing.T) {
+	if testing.Short() {
+		t.Skip("guest-VM tier: skipped in -short mode")
+	}
+	qemu, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		t.Skip("guest-VM tier needs qemu-system-x86_64: install Debian's qemu-system-x86 from bookworm-backports (QEMU 10, for the igb NIC); .ci/run does")
+	}
+	if out, err := exec.Command(qemu, "-device", "help").CombinedOutput(); err != nil || !regexp.MustCompile(`name "igb"`).Match(out) {
+		t.Skipf("guest-VM tier needs a QEMU with the igb NIC (QEMU >= 8, Debian bookworm-backports): %s has none", qemu)
+	}
+	timeout := 45 * time.Minute
+	if v := os.Getenv("NSMFWD_VM_TIMEOUT"); v != "" {
+		if timeout, err = time.ParseDuration(v); err != nil {
+			t.Fatalf("NSMFWD_VM_TIMEOUT: %v", err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	tierStart := time.Now()
+
+	cache, err := CacheDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := PrepareKernel(ctx, cache)
+	if errors.Is(err, ErrMissing) {
+		t.Skipf("guest-VM tier: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("guest kernel %s (cache %s)", k.Version, cache)
+
+	suites := defaultSuites
+	if v := os.Getenv("NSMFWD_VM_PACKAGES"); v != "" {
+		suites = nil
+		for _, p := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' }) {
+			suites = append(suites, suite{pkg: p, run: os.Getenv("NSMFWD_VM_TESTRUN")})
+		}
+	}
+	dir := t.TempDir()
+	root := moduleRoot(t)
+	im := &Image{
+		Kernel: k,
+		Init:   filepath.Join(dir, "init"),
+		// Drivers of the devices, and what the tests make the kernel
+		// load on demand (the guest's modprobe is the init).
+		Modules: []string{"igb", "igbvf", "e1000", "vfio-pci", "veth", "wireguard", "vxlan", "8021q",
+			// netlink families vishvananda/netlink opens with every handle,
+			// and tc's (the SR-IOV stand-in tests' fake switch).
+			"xfrm_user", "nfnetlink", "sch_ingress", "cls_u32", "act_mirred"},
+		Programs: []string{"sh", "ip", "tc", "ping", "unshare", "sleep", "cat", "ls"},
+		Files:    map[string]string{},
+		Manifest: guest.Manifest{
+			Output:  "/dev/ttyS1",
+			Modules: []string{"igbvf", "vfio-pci", "veth", "wireguard", "vxlan"},
+			Writes:  []guest.Write{{Path: "/sys/bus/pci/devices/" + pciPF + "/sriov_numvfs", Value: strconv.Itoa(numVFs)}},
+			Up:      []string{pciPF},
+			Netdevs: map[string]string{
+				"NSMFWD_SRIOV_PF":        pciPF,
+				"NSMFWD_SRIOV_PF_NOVFS":  pciPFNoVF,
+				"NSMFWD_SRIOV_NOT_SRIOV": pciNoSRIOV,
+			},
+		},
+	}
+	build := func(args ...string) {
+		t.Helper()
+		cmd := exec.CommandContext(ctx, "go", args...)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	build("build", "-o", im.Init, "./test/vm/guestinit")
+	for _, s := range suites {
+		name := strings.ReplaceAll(strings.Trim(filepath.Clean(s.pkg), "./"), "/", "-")
+		bin := filepath.Join(dir, name+".test")
+		build("test", "-c", "-tags", "sriov_hw", "-o", bin, s.pkg)
+		im.Files["/tests/"+name+".test"] = bin
+		args := []string{"-test.v", "-test.count=1", "-test.timeout=30m"}
+		if s.run != "" {
+			args = append(args, "-test.run="+s.run)
+		}
+		im.Manifest.Runs = append(im.Manifest.Runs, guest.Run{
+			Name: name, Path: "/tests/" + name + ".test", Args: args,
+			Env: append([]string{"NSMFWD_SRIOV_VFS=" + strconv.Itoa(numVFs), "NSMFWD_GUEST_VM=1"}, passEnv()...),
+		})
+	}
+	if script := os.Getenv("NSMFWD_VM_SCRIPT"); script != "" {
+		// For exploring the guest: a shell script instead of the suites.
+		// The machine is left as booted: the script does the setup.
+		im.Manifest.Runs = []guest.Run{{Name: "script", Path: "/bin/sh", Args: []string{"-c", script}}}
+		im.Manifest.Writes, im.Manifest.Up = nil, nil
+		im.Manifest.Netdevs = map[string]string{"NSMFWD_SRIOV_PF": pciPF}
+	}
+	initrd := filepath.Join(dir, "initrd.cpio")
+	if err := im.Write(ctx, initrd); err != nil {
+		t.Fatal(err)
+	}
+	m := &Machine{Kernel: k.Vmlinuz(), Initrd: initrd, Console: filepath.Join(dir, "console.log"),
+		Devices: devices, MemMiB: 2048, CPUs: 2}
+	t.Logf("image built in %v; booting: qemu-system-x86_64 %s", time.Since(tierStart).Round(time.Second), strings.Join(m.Args(), " "))
+
+	events := make(chan string, 1024)
+	runErr := make(chan error, 1)
+	bootStart := time.Now()
+	go func() {
+		runErr <- m.Run(ctx, func(l string) {
+			if testing.Verbose() {
+				fmt.Printf("guest| %s\n", l)
+			}
+			events <- l
+		})
+		close(events)
+	}()
+	r := &reporter{events: events}
+	r.report(t, bootStart)
+	if err := <-runErr; err != nil {
+		t.Errorf("guest: %v\nconsole (last lines):\n%s", err, ConsoleTail(m.Console, 60))
+	}
+	if !r.done && !t.Failed() {
+		t.Errorf("guest powered off without finishing\nconsole (last lines):\n%s", ConsoleTail(m.Console, 60))
+	}
+	if os.Getenv("NSMFWD_VM_SCRIPT") != "" {
+		t.Logf("console:\n%s", ConsoleTail(m.Console, 150))
+	}
+	t.Logf("guest-VM tier: guest ready %.1fs after boot began, whole tier %v", r.ready, time.Since(tierStart).Round(time.Second))
+}
+
+// passEnv is the host's settings the guest's tests take too (debug logs).
+func passEnv() []string {
+	var env []string
+	for _, v := range []string{"NSMFWD_TEST_LOG"} {
+		if val, ok := os.LookupEnv(v); ok {
+			env = append(env, v+"="+val)
+		}
+	}
+	return env
+}
+
+func moduleRoot(t *testing.T) string {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil || strings.TrimSpace(string(out)) == "" {
+		t.Fatalf("go env GOMOD: %v", err)
+	}
+	return filepath.Dir(strings.TrimSpace(string(out)))
+}
+
+// reporter turns the guest's output into subtests: one per guest run
+// (test binary), with one per top-level test of that binary inside.
+type reporter struct {
+	events <-chan string
+	ready  float64
+	done   bool
+}
+
+var resultLine = regexp.MustCompile(`^--- (PASS|FAIL|SKIP): (\S+) \(([0-9.]+)s\)$`)
+
+func (r *reporter) report(t *testing.T, bootStart time.Time) {
+	for l := range r.events {
+		switch {
+		case strings.HasPrefix(l, guest.MarkReady):
+			r.ready = time.Since(bootStart).Seconds()
+			t.Logf("guest ready after %.1fs (guest kernel uptime %ss)", r.ready, strings.TrimPrefix(l, guest.MarkReady))
+		case strings.HasPrefix(l, guest.MarkRun):
+			name := strings.TrimPrefix(l, guest.MarkRun)
+			t.Run(name, func(t *testing.T) { r.run(t, name) })
+		case strings.HasPrefix(l, guest.MarkError):
+			t.Errorf("guest init: %s", strings.TrimPrefix(l, guest.MarkError))
+		case l == guest.MarkDone:
+			r.done = true
+		}
+	}
+}
+
+// run consumes one binary's output up to its exit marker.
+func (r *reporter) run(t *testing.T, name string) {
+	var buf []string
+	results := 0
+	for l := range r.events {
+		if m := resultLine.FindStringSubmatch(l); m != nil {
+			results++
+			out := buf
+			buf = nil
+			t.Run(m[2], func(t *testing.T) {
+				t.Log("guest output:\n" + strings.Join(out, "\n") + "\n" + l)
+				switch m[1] {
+				case "FAIL":
+					t.Fail()
+				case "SKIP":
+					t.SkipNow()
+				}
+			})
+			continue
+		}
+		if rest, ok := strings.CutPrefix(l, guest.MarkExit); ok {
+			rc := rest[strings.LastIndexByte(rest, ' ')+1:]
+			if rc != "0" {
+				t.Errorf("%s exited with %s:\n%s", name, rc, strings.Join(buf, "\n"))
+			} else if results == 0 && name != "script" {
+				t.Errorf("%s ran no tests:\n%s", name, strings.Join(buf, "\n"))
+			}
+			return
+		}
+		buf = append(buf, l)
+	}
+	t.Errorf("%s: the guest stopped before it finished:\n%s", name, strings.Join(buf, "\n"))
+}
