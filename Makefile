@@ -9,7 +9,7 @@ ACTIONLINT_VERSION := v1.7.7
 TEST_FLAGS ?= -race -count=1 -p 1
 
 .DEFAULT_GOAL := help
-.PHONY: help build test test-interop demo generate generate-check lint bench
+.PHONY: help build test test-interop test-vpp test-vm demo generate generate-check lint bench
 .PHONY: image validate lint-workflows
 
 help: ## list the targets
@@ -25,6 +25,13 @@ test: ## run every test (main module, then test/interop); as root this includes 
 
 test-interop: ## (root) nsmfwd as the forwarder of NSM sdk's own registry, NSMgr, NSE and NSC (own module, test/interop)
 	cd test/interop && $(GO) test $(TEST_FLAGS) ./...
+
+test-vpp: ## VPP tier alone: the VPP dataplane's tests, the conformance suite and e2e against a real VPP (VPP_BIN, or vpp on PATH; fails without one)
+	@command -v "$${VPP_BIN:-vpp}" >/dev/null || { echo "make test-vpp: set VPP_BIN or put vpp on PATH" >&2; exit 1; }
+	$(GO) test -count=1 -p 1 ./vppapi/ ./test/conformance/ ./test/e2e/
+
+test-vm: ## guest-VM tier alone: SR-IOV on QEMU's emulated igb (real VFs, VFIO), the SR-IOV conformance suite and kernel WireGuard in a Debian 6.12 guest (part of make test; needs qemu-system-x86 >= 8 and a 6.12 kernel package)
+	$(GO) test -count=1 -v -timeout 60m -run TestGuestVM ./test/vm/
 
 demo: build ## (root) connect a client to an endpoint (kernel/eBPF, or VPP when VPP_BIN or vpp is present), ping, close, show nothing is left
 	@bash deployments/demo/demo.sh $(BIN)

@@ -62,7 +62,7 @@ func PrepareKernel(ctx context.Context, cache string) (*Kernel, error) {
 		}
 	}
 	debs := filepath.Join(cache, "debs")
-	if err := os.MkdirAll(debs, 0o755); err != nil {
+	if err := os.MkdirAll(debs, 0o750); err != nil {
 		return nil, err
 	}
 	deb := os.Getenv("NSMFWD_VM_KERNEL_DEB")
@@ -87,7 +87,7 @@ func PrepareKernel(ctx context.Context, cache string) (*Kernel, error) {
 	if err := os.RemoveAll(k.Dir); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(k.Dir, 0o755); err != nil {
+	if err := os.MkdirAll(k.Dir, 0o750); err != nil {
 		return nil, err
 	}
 	if out, err := exec.CommandContext(ctx, "dpkg-deb", "-x", deb, k.Dir).CombinedOutput(); err != nil {
@@ -140,7 +140,7 @@ func cachedOrDownload(ctx context.Context, debs string) (string, error) {
 	cmd := exec.CommandContext(ctx, "apt-get", "download", "-q", pkg)
 	cmd.Dir = debs
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("%w: apt-get download %s: %v: %s", ErrMissing, pkg, err, out)
+		return "", fmt.Errorf("%w: apt-get download %s: %w: %s", ErrMissing, pkg, err, out)
 	}
 	got, _ := filepath.Glob(filepath.Join(debs, pkg+"_*_amd64.deb"))
 	if len(got) == 0 {

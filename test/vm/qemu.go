@@ -47,7 +47,7 @@ func (m *Machine) Run(ctx context.Context, line func(string)) error {
 	if err != nil {
 		return fmt.Errorf("%w: qemu-system-x86_64 (Debian package qemu-system-x86)", ErrMissing)
 	}
-	cmd := exec.Command(qemu, m.Args()...) //nolint:gosec // our own command line
+	cmd := exec.Command(qemu, m.Args()...)
 	cmd.Stdin = nil
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

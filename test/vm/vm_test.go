@@ -172,22 +172,24 @@ func TestGuestVM(t *testing.T) {
 		Devices: devices, MemMiB: 2048, CPUs: 2}
 	t.Logf("image built in %v; booting: qemu-system-x86_64 %s", time.Since(tierStart).Round(time.Second), strings.Join(m.Args(), " "))
 
-	events := make(chan string, 1024)
-	runErr := make(chan error, 1)
-	bootStart := time.Now()
-	go func() {
-		runErr <- m.Run(ctx, func(l string) {
-			if testing.Verbose() {
-				fmt.Printf("guest| %s\n", l)
-			}
-			events <- l
-		})
-		close(events)
-	}()
-	r := &reporter{events: events}
-	r.report(t, bootStart)
-	if err := <-runErr; err != nil {
+	// QEMU's multi-threaded TCG has been seen to abort while the guest
+	// kernel probes its PCI devices (physmem.c: "iotlb_to_section:
+	// Assertion ... failed"). A guest that dies so, before it is ready
+	// and before any test ran, is booted once more; anything later is a
+	// failure.
+	var r *reporter
+	for attempt := 1; ; attempt++ {
+		var err error
+		r, err = boot(ctx, t, m)
+		if err == nil {
+			break
+		}
+		if r.ready == 0 && attempt < 2 && ctx.Err() == nil {
+			t.Logf("guest died before it was ready (%v), booting again; console (last lines):\n%s", err, ConsoleTail(m.Console, 20))
+			continue
+		}
 		t.Errorf("guest: %v\nconsole (last lines):\n%s", err, ConsoleTail(m.Console, 60))
+		break
 	}
 	if !r.done && !t.Failed() {
 		t.Errorf("guest powered off without finishing\nconsole (last lines):\n%s", ConsoleTail(m.Console, 60))
@@ -207,6 +209,25 @@ func passEnv() []string {
 		}
 	}
 	return env
+}
+
+// boot runs the guest once, reporting its runs as subtests of t.
+func boot(ctx context.Context, t *testing.T, m *Machine) (*reporter, error) {
+	events := make(chan string, 1024)
+	runErr := make(chan error, 1)
+	bootStart := time.Now()
+	go func() {
+		runErr <- m.Run(ctx, func(l string) {
+			if testing.Verbose() {
+				fmt.Printf("guest| %s\n", l)
+			}
+			events <- l
+		})
+		close(events)
+	}()
+	r := &reporter{events: events}
+	r.report(t, bootStart)
+	return r, <-runErr
 }
 
 func moduleRoot(t *testing.T) string {
