@@ -105,10 +105,11 @@ type Dataplane struct {
 	host   *netlink.Handle
 	locks  keyed.Mutex
 
-	tunnelMu  sync.Mutex // VNI choice, VXLAN tunnels, VLAN domains
-	pinholeMu sync.Mutex // the uplink's pinhole ACL
-	memifs    memifWatch // memif peers seen connected, for Alive
-	wg        wgKeys     // private keys of pending WireGuard offers
+	tunnelMu  sync.Mutex       // VNI choice, VXLAN tunnels, VLAN domains
+	pinholeMu sync.Mutex       // the uplink's pinhole ACL
+	memifs    memifWatch       // memif peers seen connected, for Alive
+	wg        wgKeys           // private keys of pending WireGuard offers
+	nsWatch   vwire.NetNSWatch // tap mode: pins and processes of the taps' namespaces
 
 	xskAll string // the object file of the AF_XDP program ("" VPP's)
 
@@ -625,6 +626,7 @@ func (d *Dataplane) reserveXDP() (func(), error) {
 // directly in the side's namespace.
 func (d *Dataplane) tapSide(ctx context.Context, vc *Conn, c *forwarder.Conn, s *side, tag string, ipMode bool) error {
 	e := s.end
+	d.nsWatch.Track(s.s.Mechanism.Param(forwarder.ParamNetNSURL))
 	if s.vif == nil {
 		l, err := e.NL.LinkByName(e.IfName)
 		if err == nil {
@@ -642,6 +644,12 @@ func (d *Dataplane) tapSide(ctx context.Context, vc *Conn, c *forwarder.Conn, s 
 			return err
 		}
 		s.vif, s.vifNew = &v, true
+		// The tap dies with the workload's namespace, which raises no
+		// event in the node's: an nsid for it there makes its death raise
+		// RTM_DELNSID, which Watch hears.
+		if _, err := vwire.EnsureNSID(d.host, e.NS); err != nil {
+			d.log.DebugContext(ctx, "no nsid for the tap's namespace; its death is found by the periodic check", "error", err)
+		}
 		if d.opts.RxMode != "" {
 			if err := setRxMode(ctx, vc, v.index, d.opts.RxMode); err != nil {
 				return err

@@ -20,7 +20,9 @@ var _ forwarder.Watcher = (*Dataplane)(nil)
 
 // tapCheckInterval is how often tap mode asks for a check of every
 // connection: a tap lives only in the workload's namespace, so its death
-// raises no event in the node namespace.
+// raises no link event in the node namespace. A dying namespace raises
+// RTM_DELNSID there (the dataplane gives each tap's namespace an nsid),
+// which is heard at once; the check catches a tap deleted by its workload.
 const tapCheckInterval = 2 * time.Second
 
 // memifCheckInterval is how often memif sides are checked while there are
@@ -36,7 +38,9 @@ const (
 // with their node-side end, which the kernel reports (RTM_DELLINK with the
 // connection's alias). Tap sides are checked periodically, and so are
 // memif sides while there are any: a memif whose peer was connected and
-// has been gone for memifGrace is dead.
+// has been gone for memifGrace is dead. Tap sides' namespaces are watched
+// for their death (RTM_DELNSID), their pins' removal and the exit of the
+// process a /proc/PID URL names (vwire.NetNSWatch).
 func (d *Dataplane) Watch(ctx context.Context, ch chan<- forwarder.Death) error {
 	go d.watchMemif(ctx, ch)
 	w := vwire.LinkWatch{Name: d.opts.Name, Logger: d.log}
@@ -46,6 +50,10 @@ func (d *Dataplane) Watch(ctx context.Context, ch chan<- forwarder.Death) error 
 	if d.opts.KernelMode != ModeTap {
 		return vwire.WatchLinkDeaths(ctx, w, ch)
 	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { _ = vwire.WatchNetNSDeaths(ctx, w.NS, d.log, ch) })
+	wg.Go(func() { _ = d.nsWatch.Run(ctx, ch) })
 	t := time.NewTicker(tapCheckInterval)
 	defer t.Stop()
 	for {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -82,6 +83,37 @@ var searchGlobs = []string{"/run/netns/*", "/var/run/netns/*", "/proc/[0-9]*/ns/
 // "net:[INO]" are opened.
 const fdGlob = "/proc/[0-9]*/fd/*"
 
+// pfUserWorker is the kernel's PF_USER_WORKER task flag: a kernel worker
+// running as a thread of a user process (vhost, io_uring).
+const pfUserWorker = 0x00004000
+
+// userWorker reports whether the namespace file p (/proc/PID/task/TID/ns/net)
+// is a kernel worker thread's. Such a thread is in the namespace its owner
+// was in when it made it: VPP's vhost thread of a tap stays in the
+// workload's namespace after the workload is gone, and keeps it alive,
+// but is not the workload.
+func userWorker(p string) bool {
+	if !strings.Contains(p, "/task/") {
+		return false
+	}
+	raw, err := os.ReadFile(filepath.Join(filepath.Dir(filepath.Dir(p)), "stat")) //nolint:gosec // procfs
+	if err != nil {
+		return false
+	}
+	// pid (comm) state ppid pgrp session tty_nr tpgid flags …; comm may
+	// hold spaces and parentheses, so fields count from the last ")".
+	i := strings.LastIndexByte(string(raw), ')')
+	if i < 0 {
+		return false
+	}
+	f := strings.Fields(string(raw[i+1:]))
+	if len(f) < 7 {
+		return false
+	}
+	flags, err := strconv.ParseUint(f[6], 10, 64)
+	return err == nil && flags&pfUserWorker != 0
+}
+
 func statDevIno(path string) (devIno, bool) {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
@@ -107,6 +139,9 @@ func resolveInode(ref forwarder.NetNSRef) (netns.NsHandle, error) {
 		matches, _ := filepath.Glob(g)
 		for _, p := range matches {
 			if di, ok := statDevIno(p); !ok || di != key {
+				continue
+			}
+			if userWorker(p) {
 				continue
 			}
 			h, err := openVerified(p, key)
