@@ -206,15 +206,22 @@ var ldLine = regexp.MustCompile(`(?:=> )?(/\S+) \(0x`)
 // libraries it needs, at the same paths.
 func addProgram(ctx context.Context, r *initramfs, name string) error {
 	p, err := exec.LookPath(name)
-	if err != nil {
+	if err != nil && !filepath.IsAbs(name) {
 		return fmt.Errorf("%w: %s", ErrMissing, name)
 	}
-	if p, err = filepath.EvalSymlinks(p); err != nil {
-		return err
-	}
-	r.file(p, p, 0o755)
-	if dst := "/usr/bin/" + name; dst != p {
-		r.symlink(dst, p)
+	if filepath.IsAbs(name) {
+		// A file given by its path (a VPP plugin, say) stays at that
+		// path, so that what finds it relative to itself still does.
+		p = name
+		r.file(p, p, 0o755)
+	} else {
+		if p, err = filepath.EvalSymlinks(p); err != nil {
+			return err
+		}
+		r.file(p, p, 0o755)
+		if dst := "/usr/bin/" + name; dst != p {
+			r.symlink(dst, p)
+		}
 	}
 	out, err := exec.CommandContext(ctx, "ldd", p).Output()
 	if err != nil {

@@ -157,6 +157,29 @@ func TestGuestVM(t *testing.T) {
 			Env: append([]string{"NSMFWD_SRIOV_VFS=" + strconv.Itoa(numVFs), "NSMFWD_GUEST_VM=1"}, passEnv()...),
 		})
 	}
+	if bin := vppBinary(); bin != "" {
+		// With a VPP on the host, the VPP dataplane's tap v2 mode, which
+		// needs /dev/vhost-net that the host may lack, runs in the guest.
+		if err := addVPP(ctx, im, bin); err != nil {
+			t.Fatal(err)
+		}
+		for i := range im.Manifest.Runs {
+			im.Manifest.Runs[i].Env = append(im.Manifest.Runs[i].Env, "VPP_BIN="+bin)
+		}
+	}
+	if bin := vppBinary(); bin != "" && os.Getenv("NSMFWD_VM_PACKAGES") == "" {
+		name := "test-conformance-vpp-tap"
+		b := filepath.Join(dir, "test-conformance.test")
+		im.Manifest.Runs = append(im.Manifest.Runs, guest.Run{
+			Name: name, Path: "/tests/test-conformance.test",
+			Args: []string{"-test.v", "-test.count=1", "-test.timeout=30m", "-test.run=VPPTap"},
+			Env:  append([]string{"VPP_BIN=" + bin}, passEnv()...),
+		})
+		if _, ok := im.Files["/tests/test-conformance.test"]; !ok {
+			build("test", "-c", "-tags", "sriov_hw", "-o", b, "./test/conformance")
+			im.Files["/tests/test-conformance.test"] = b
+		}
+	}
 	if script := os.Getenv("NSMFWD_VM_SCRIPT"); script != "" {
 		// For exploring the guest: a shell script instead of the suites.
 		// The machine is left as booted: the script does the setup.
@@ -198,6 +221,41 @@ func TestGuestVM(t *testing.T) {
 		t.Logf("console:\n%s", ConsoleTail(m.Console, 150))
 	}
 	t.Logf("guest-VM tier: guest ready %.1fs after boot began, whole tier %v", r.ready, time.Since(tierStart).Round(time.Second))
+}
+
+// vppBinary is the VPP the host's VPP tests use (VPP_BIN, or vpp on
+// PATH), "" without one.
+func vppBinary() string {
+	if b := os.Getenv("VPP_BIN"); b != "" {
+		return b
+	}
+	b, _ := exec.LookPath("vpp")
+	return b
+}
+
+// vppPlugins are the plugins nsmfwd's startup.conf enables.
+var vppPlugins = []string{"af_packet", "af_xdp", "memif", "l3xc", "ping", "vxlan", "wireguard", "acl"}
+
+// addVPP puts the host's VPP into the image: the binary, the plugins
+// nsmfwd enables (from VPP's lib/<triplet>/vpp_plugins next to bin/),
+// their libraries, and the modules its tap v2 needs.
+func addVPP(ctx context.Context, im *Image, bin string) error {
+	im.Programs = append(im.Programs, bin)
+	root := filepath.Dir(filepath.Dir(bin))
+	for _, p := range vppPlugins {
+		so, _ := filepath.Glob(filepath.Join(root, "lib*", "*", "vpp_plugins", p+"_plugin.so"))
+		if len(so) == 0 {
+			so, _ = filepath.Glob(filepath.Join(root, "lib*", "vpp_plugins", p+"_plugin.so"))
+		}
+		if len(so) == 0 {
+			return fmt.Errorf("VPP %s: no %s plugin under %s", bin, p, root)
+		}
+		im.Programs = append(im.Programs, so[0])
+	}
+	im.Modules = append(im.Modules, "tun", "vhost_net")
+	im.Manifest.Modules = append(im.Manifest.Modules, "tun", "vhost_net")
+	_ = ctx
+	return nil
 }
 
 // passEnv is the host's settings the guest's tests take too (debug logs).
