@@ -110,7 +110,7 @@ func New(_ context.Context, opts Options) (*Dataplane, error) {
 		return nil, errors.New("sriov dataplane: no config")
 	}
 	if err := opts.Config.Validate(); err != nil {
-		return nil, fmt.Errorf("sriov dataplane: config: %w", err)
+		return nil, forwarder.Errorf(forwarder.CodeInvalidArgument, "", "sriov dataplane: config: %w", err)
 	}
 	if opts.StateDir == "" {
 		return nil, errors.New("sriov dataplane: no state directory")
@@ -148,7 +148,9 @@ func New(_ context.Context, opts Options) (*Dataplane, error) {
 	d.pool = &pool{store: store, figures: &figures{}, byPCI: map[string]*vfEntry{}, groupDevices: map[int]int{}}
 	if err := d.discover(); err != nil {
 		_ = d.Close()
-		return nil, fmt.Errorf("sriov dataplane: %w", err)
+		// The node is not as the config says (no such PF, no SR-IOV, VFs
+		// not enabled, another driver): the operator's to fix.
+		return nil, forwarder.Errorf(forwarder.CodeFailedPrecondition, "", "sriov dataplane: %w", err)
 	}
 	if d.stray, err = d.pool.load(); err != nil {
 		_ = d.Close()
@@ -505,11 +507,19 @@ func (d *Dataplane) capture(ctx context.Context, v *vfEntry, rec *record) error 
 	if rec.Orig.DriverOverride, err = d.sys.DriverOverride(v.vf.PCI); err != nil {
 		return err
 	}
-	if rec.Use != UseKernel {
-		return nil
-	}
 	// Read now, not at discovery: the operator may have renamed it.
 	names, err := d.sys.Netdevs(v.vf.PCI)
+	if rec.Use != UseKernel {
+		// A VFIO VF still bound to its netdev driver loses the netdev to
+		// vfio-pci; the driver makes a new one on Close, named as the
+		// kernel likes, and that one gets this state back.
+		if err == nil && len(names) == 1 {
+			if l, err := d.host.LinkByName(names[0]); err == nil {
+				rec.Orig.Netdev = netdevState(l)
+			}
+		}
+		return nil
+	}
 	if err != nil || len(names) != 1 {
 		names = v.vf.Netdevs
 	}
@@ -520,9 +530,13 @@ func (d *Dataplane) capture(ctx context.Context, v *vfEntry, rec *record) error 
 	if err != nil {
 		return fmt.Errorf("vf %s netdev %s: %w", v.vf.PCI, names[0], err)
 	}
-	a := l.Attrs()
-	rec.Orig.Netdev = &NetdevState{Name: a.Name, MTU: a.MTU, Up: a.Flags&net.FlagUp != 0, Alias: a.Alias, MAC: a.HardwareAddr.String()}
+	rec.Orig.Netdev = netdevState(l)
 	return nil
+}
+
+func netdevState(l netlink.Link) *NetdevState {
+	a := l.Attrs()
+	return &NetdevState{Name: a.Name, MTU: a.MTU, Up: a.Flags&net.FlagUp != 0, Alias: a.Alias, MAC: a.HardwareAddr.String()}
 }
 
 // pfSettings are the settings a connection gives its VF: the original
@@ -846,7 +860,13 @@ func (d *Dataplane) restore(ctx context.Context, v *vfEntry) error {
 			log.WarnContext(ctx, "vf settings not restored; safe defaults set instead", "error", err)
 		}
 	}
-	if rec.Use == UseKernel && rec.Orig.Netdev != nil {
+	var driverErr error
+	if rec.Use == UseVFIO || rec.Orig.Driver == DriverVFIO {
+		driverErr = d.restoreDriver(ctx, v)
+		errs = append(errs, driverErr)
+	}
+	// After the driver: a VFIO VF's netdev only exists again now.
+	if rec.Orig.Netdev != nil && driverErr == nil {
 		if err := d.moveOut(ctx, v); err != nil {
 			if errors.Is(err, errNetdevGone) {
 				d.pool.figures.restoreFailures.Add(1)
@@ -855,9 +875,6 @@ func (d *Dataplane) restore(ctx context.Context, v *vfEntry) error {
 				errs = append(errs, err)
 			}
 		}
-	}
-	if rec.Use == UseVFIO || rec.Orig.Driver == DriverVFIO {
-		errs = append(errs, d.restoreDriver(ctx, v))
 	}
 	if err := errors.Join(errs...); err != nil {
 		d.pool.figures.restoreFailures.Add(1)
