@@ -44,8 +44,9 @@ type Options struct {
 	// (clsact qdisc and a direct-action BPF filter) or "tcx" (pinned tcx
 	// links, Linux 6.6+). See xconnect.ModeAuto for why auto is not tcx.
 	Attach string
-	// TunnelIP is this node's tunnel end for REMOTE mechanisms (VXLAN);
-	// without it only KERNEL is offered and accepted.
+	// TunnelIP is this node's tunnel end for REMOTE mechanisms (VXLAN,
+	// and WireGuard when the kernel has it); without it only KERNEL is
+	// offered and accepted.
 	TunnelIP netip.Addr
 	// VXLANPort is the UDP port VXLAN tunnels use at both ends (default
 	// 4789).
@@ -79,6 +80,7 @@ type Dataplane struct {
 	locks    keyed.Mutex
 	probed   atomic.Bool // the program has loaded once: Ready stops probing
 	vxlanMu  sync.Mutex  // VNI allocation and VXLAN device creation
+	wg       wgState     // WireGuard: genetlink client, pending offers, ports
 }
 
 var _ forwarder.Dataplane = (*Dataplane)(nil)
@@ -158,11 +160,15 @@ func isBPFFS(dir string) error {
 func (d *Dataplane) Name() string { return "kernel" }
 
 // Mechanisms implements forwarder.Dataplane: KERNEL on both sides, and
-// VXLAN when the dataplane has a tunnel address.
+// VXLAN when the dataplane has a tunnel address, WIREGUARD too when the
+// kernel has WireGuard.
 func (d *Dataplane) Mechanisms(side forwarder.SideKind) []string {
 	out := []string{forwarder.MechanismKernel}
 	if d.remote() {
 		out = append(out, forwarder.MechanismVXLAN)
+	}
+	if d.wgSupported() {
+		out = append(out, forwarder.MechanismWireGuard)
 	}
 	if side == forwarder.SideEndpoint && len(d.opts.VLANDevices) > 0 {
 		out = append(out, forwarder.MechanismVLAN)
@@ -194,6 +200,7 @@ func (d *Dataplane) Close() error {
 	// so a forwarder that served and closed everything leaves no trace in
 	// bpffs. rmdir fails harmlessly while pins remain.
 	_ = os.Remove(filepath.Join(d.opts.PinDir, d.opts.Name))
+	d.closeWireGuard()
 	d.deleter.close()
 	d.deleter = nil
 	return vwire.CloseHost(&d.hostNS, &d.host)
@@ -209,7 +216,7 @@ func (d *Dataplane) Check(_ context.Context, id string, side forwarder.SideKind,
 	case forwarder.MechanismVLAN:
 		return d.checkVLAN(side, m)
 	case forwarder.MechanismWireGuard:
-		return errNoWireGuard(side)
+		return d.checkWireGuard(side, m)
 	}
 	return forwarder.Errorf(forwarder.CodeInvalidArgument, strings.TrimSuffix(vwire.ParamsField(side), "parameters.")+"type", "mechanism %q is not one of %v", m.Type, d.Mechanisms(side))
 }
@@ -243,8 +250,9 @@ func (d *Dataplane) connect(ctx context.Context, c *Conn, adopt bool) (changed b
 		}
 	}()
 	// device[i]: side i's node end is a device rather than a veth (a
-	// VXLAN device of its own, or the VLAN trunk that trunked sides share).
-	device := [2]bool{}
+	// VXLAN or WireGuard device of its own, or the VLAN trunk that trunked
+	// sides share); l3[i]: that device has no link-layer header.
+	device, l3 := [2]bool{}, [2]bool{}
 	trunked := false // the endpoint side is a VLAN on a trunk
 	var dom vlanDomain
 	for i, s := range sides {
@@ -254,6 +262,13 @@ func (d *Dataplane) connect(ctx context.Context, c *Conn, adopt bool) (changed b
 		case forwarder.MechanismKernel:
 		case forwarder.MechanismVXLAN:
 			device[i] = true // ensureVXLAN checks its parameters
+			continue
+		case forwarder.MechanismWireGuard:
+			// Checked before anything is built (IP payload only).
+			if err := d.checkWireGuardConn(c, s.Kind); err != nil {
+				return false, err
+			}
+			device[i], l3[i] = true, true
 			continue
 		case forwarder.MechanismVLAN:
 			if s.Kind != forwarder.SideEndpoint {
@@ -268,8 +283,6 @@ func (d *Dataplane) connect(ctx context.Context, c *Conn, adopt bool) (changed b
 			}
 			trunked = true
 			continue
-		case forwarder.MechanismWireGuard:
-			return false, errNoWireGuard(s.Kind)
 		default:
 			return false, forwarder.Errorf(forwarder.CodeInvalidArgument, strings.TrimSuffix(vwire.ParamsField(s.Kind), "parameters.")+"type",
 				"mechanism %q is not one of %v", s.Side.Mechanism.Type, d.Mechanisms(s.Kind))
@@ -327,7 +340,11 @@ func (d *Dataplane) connect(ctx context.Context, c *Conn, adopt bool) (changed b
 		if !device[i] {
 			continue
 		}
-		if err := d.ensureVXLAN(c, s); err != nil {
+		ensure := func() error { return d.ensureVXLAN(c, s) }
+		if l3[i] {
+			ensure = func() error { return d.ensureWireGuard(ctx, c, s) }
+		}
+		if err := ensure(); err != nil {
 			return changed || s.Created, err
 		}
 		if s.Created {
@@ -372,8 +389,12 @@ func (d *Dataplane) connect(ctx context.Context, c *Conn, adopt bool) (changed b
 	}
 	// Toward a veth whose peer is in another namespace the program enters
 	// it directly; toward a device it sends out through it, and the
-	// device's own address stands for the far side in IP mode.
+	// device's own address stands for the far side in IP mode (a device
+	// without one, the other side's node end).
 	mac := func(i int) net.HardwareAddr {
+		if l3[i] {
+			return sides[1-i].Host.Attrs().HardwareAddr
+		}
 		if device[i] {
 			return sides[i].Host.Attrs().HardwareAddr
 		}
@@ -388,6 +409,8 @@ func (d *Dataplane) connect(ctx context.Context, c *Conn, adopt bool) (changed b
 		ClientMAC:       mac(0),
 		EndpointMAC:     mac(1),
 		EndpointVLAN:    dom.vid,
+		ClientL3:        l3[0],
+		EndpointL3:      l3[1],
 	}
 	xo := d.xopts(pinDir)
 	if trunked {
@@ -440,6 +463,7 @@ func (d *Dataplane) remove(_ context.Context, id string) error {
 	var errs []error
 	var links []netlink.Link
 	for _, side := range []forwarder.SideKind{forwarder.SideClient, forwarder.SideEndpoint} {
+		d.forgetDevice(vwire.HostIfName(d.opts.Name, id, side)) // a WireGuard device's port
 		l, err := d.host.LinkByName(vwire.HostIfName(d.opts.Name, id, side))
 		if err != nil {
 			if !vwire.IsNotFound(err) {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"strconv"
-	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -21,8 +20,12 @@ var _ forwarder.Offerer = (*Dataplane)(nil)
 func (d *Dataplane) remote() bool { return d.opts.TunnelIP.IsValid() }
 
 // Offer implements forwarder.Offerer: a VXLAN offer carries our tunnel
-// end, which the forwarder on the endpoint's node tunnels to.
-func (d *Dataplane) Offer(typ string, _ forwarder.Payload) (map[string]string, bool) {
+// end, which the forwarder on the endpoint's node tunnels to; a WireGuard
+// offer (IP payload only) also a port and a fresh public key.
+func (d *Dataplane) Offer(typ string, payload forwarder.Payload) (map[string]string, bool) {
+	if typ == forwarder.MechanismWireGuard {
+		return d.offerWireGuard(payload)
+	}
 	if typ != forwarder.MechanismVXLAN || !d.remote() {
 		return nil, true
 	}
@@ -164,11 +167,4 @@ func (d *Dataplane) vnisInUse() (map[uint32]bool, error) {
 		}
 	}
 	return used, nil
-}
-
-// errNoWireGuard declines WIREGUARD: the kernel dataplane builds no
-// WireGuard tunnels (the VPP dataplane's wireguard plugin does).
-func errNoWireGuard(side forwarder.SideKind) error {
-	return forwarder.Errorf(forwarder.CodeInvalidArgument, strings.TrimSuffix(vwire.ParamsField(side), "parameters.")+"type",
-		"the kernel dataplane does not build %s tunnels; use VXLAN, or the VPP dataplane for WireGuard", forwarder.MechanismWireGuard)
 }

@@ -24,6 +24,13 @@ type twoNodes struct {
 
 func newTwoNodes(t *testing.T) *twoNodes {
 	t.Helper()
+	return newTwoNodesAttach(t, "")
+}
+
+// newTwoNodesAttach is newTwoNodes with the dataplanes in attach mode
+// attach.
+func newTwoNodesAttach(t *testing.T, attach string) *twoNodes {
+	t.Helper()
 	n := &twoNodes{a: newEnv(t), b: newEnv(t)}
 	if _, err := nstest.Exec(t, n.a.hostName, "ip", "link", "add", "up0", "type", "veth", "peer", "name", "up0", "netns", n.b.hostName); err != nil {
 		t.Fatal(err)
@@ -36,7 +43,7 @@ func newTwoNodes(t *testing.T) *twoNodes {
 		}
 	}
 	mk := func(e *env, ip string) *Dataplane {
-		d, err := New(context.Background(), Options{Name: e.name, HostNetNS: e.hostPath, PinDir: e.pinDir, TunnelIP: netip.MustParseAddr(ip)})
+		d, err := New(context.Background(), Options{Name: e.name, HostNetNS: e.hostPath, PinDir: e.pinDir, Attach: attach, TunnelIP: netip.MustParseAddr(ip)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -229,18 +236,28 @@ func TestVXLANBadInput(t *testing.T) {
 			}
 		})
 	}
-	// WireGuard is declined, on either side, with a clear error.
-	wg := forwarder.Mechanism{Cls: forwarder.ClsRemote, Type: forwarder.MechanismWireGuard, Params: map[string]string{forwarder.ParamSrcIP: "192.0.2.1"}}
-	for _, side := range []forwarder.SideKind{forwarder.SideClient, forwarder.SideEndpoint} {
-		err := n.db.Check(context.Background(), "wg", side, wg)
-		if fe, ok := errors.AsType[*forwarder.Error](err); !ok || fe.Code != forwarder.CodeInvalidArgument || !strings.Contains(err.Error(), "does not build WIREGUARD") {
-			t.Fatalf("WireGuard on the %s side: %v", side, err)
+	// On a kernel without WireGuard, WIREGUARD is neither offered nor
+	// accepted, on either side, with a clear error (wireguard_linux_test.go
+	// covers a kernel that has it).
+	if !slices.Contains(n.db.Mechanisms(forwarder.SideClient), forwarder.MechanismWireGuard) {
+		if p, ok := n.da.Offer(forwarder.MechanismWireGuard, forwarder.PayloadIP); ok || p != nil {
+			t.Fatalf("WireGuard offered without WireGuard in the kernel: %v", p)
 		}
-	}
-	c := newConn(t, "wg", forwarder.PayloadIP, newPeer(t), newPeer(t))
-	c.Endpoint.Mechanism = wg
-	if err := n.db.Connect(context.Background(), c); err == nil || !strings.Contains(err.Error(), "does not build WIREGUARD") {
-		t.Fatalf("Connect with WireGuard: %v", err)
+		wg := forwarder.Mechanism{Cls: forwarder.ClsRemote, Type: forwarder.MechanismWireGuard, Params: map[string]string{forwarder.ParamSrcIP: "192.0.2.1"}}
+		for _, side := range []forwarder.SideKind{forwarder.SideClient, forwarder.SideEndpoint} {
+			err := n.db.Check(context.Background(), "wg", side, wg)
+			if fe, ok := errors.AsType[*forwarder.Error](err); !ok || fe.Code != forwarder.CodeInvalidArgument || !strings.Contains(err.Error(), "kernel has no WireGuard") {
+				t.Fatalf("WireGuard on the %s side: %v", side, err)
+			}
+		}
+		c := newConn(t, "wg", forwarder.PayloadIP, newPeer(t), newPeer(t))
+		c.Endpoint.Mechanism = wg
+		if err := n.db.Connect(context.Background(), c); err == nil || !strings.Contains(err.Error(), "kernel has no WireGuard") {
+			t.Fatalf("Connect with WireGuard: %v", err)
+		}
+		if got := nstest.Links(t, n.b.hostPath); !slices.Equal(got, []string{"lo", "up0"}) {
+			t.Errorf("links left on node B: %v", got)
+		}
 	}
 	// Without a tunnel address the kernel dataplane offers and accepts no VXLAN.
 	d := newEnv(t).dataplane("")

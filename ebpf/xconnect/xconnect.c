@@ -10,6 +10,12 @@
 // namespace's ingress directly, never touching host routing or bridging;
 // toward a tunnel device, bpf_redirect sends it out through the device.
 //
+// A side may be a device without a link-layer header (WireGuard,
+// ARPHRD_NONE), IP payload only: what it receives is a bare IP packet, which
+// gets an Ethernet header before it goes to an Ethernet side; toward it,
+// bpf_redirect itself drops the Ethernet header (the kernel does so for
+// every device that has none).
+//
 // With endpoint_vlan set, the endpoint side is a VLAN on a trunk device that
 // other connections share: toward it the program adds the 802.1Q tag; on
 // the trunk's ingress it takes only frames of its VLAN for its client
@@ -29,6 +35,8 @@ volatile const __u8 peer_to_client;    // toward the client: 1 bpf_redirect_peer
 volatile const __u8 peer_to_endpoint;  // toward the endpoint: the same
 volatile const __u8 ip_mode;           // 1: IP payload: rewrite MACs, drop non-IP
 volatile const __u16 endpoint_vlan;    // 1-4094: the endpoint side is this VLAN on a shared trunk
+volatile const __u8 client_l3;         // the client side's device has no link-layer header (IP mode)
+volatile const __u8 endpoint_l3;       // the endpoint side's: the same
 volatile const __u8 client_mac[ETH_ALEN];   // MAC of the client's in-namespace interface
 volatile const __u8 endpoint_mac[ETH_ALEN]; // MAC of the endpoint's in-namespace interface
 
@@ -93,13 +101,15 @@ SEC("tc")
 int xconnect(struct __sk_buff *skb)
 {
 	__u32 dir, target;
-	__u8 peer;
+	__u8 peer, from_l3, to_l3;
 	volatile const __u8 *dst, *src;
 
 	if (skb->ifindex == client_ifindex) {
 		dir = 0;
 		target = endpoint_ifindex;
 		peer = peer_to_endpoint;
+		from_l3 = client_l3;
+		to_l3 = endpoint_l3;
 		dst = endpoint_mac;
 		src = client_mac;
 	} else if (skb->ifindex == endpoint_ifindex) {
@@ -111,6 +121,8 @@ int xconnect(struct __sk_buff *skb)
 		dir = 1;
 		target = client_ifindex;
 		peer = peer_to_client;
+		from_l3 = endpoint_l3;
+		to_l3 = client_l3;
 		dst = client_mac;
 		src = endpoint_mac;
 	} else {
@@ -119,7 +131,26 @@ int xconnect(struct __sk_buff *skb)
 
 	struct counters *c = bpf_map_lookup_elem(&stats, &dir);
 
-	if (ip_mode) {
+	if (ip_mode && from_l3) {
+		// A bare IP packet: skb->protocol, which the device set, is all
+		// there is to type it.
+		__u32 proto = skb->protocol;
+
+		if (proto != bpf_htons(ETH_P_IP) && proto != bpf_htons(ETH_P_IPV6))
+			return drop(c);
+		if (!to_l3) {
+			if (bpf_skb_change_head(skb, ETH_HLEN, 0))
+				return drop(c);
+			void *data = (void *)(long)skb->data;
+			void *data_end = (void *)(long)skb->data_end;
+			struct ethhdr *eth = data;
+
+			if ((void *)(eth + 1) > data_end)
+				return drop(c);
+			eth->h_proto = (__be16)proto;
+			set_macs(eth, dst, src);
+		}
+	} else if (ip_mode) {
 		void *data = (void *)(long)skb->data;
 		void *data_end = (void *)(long)skb->data_end;
 		struct ethhdr *eth = data;

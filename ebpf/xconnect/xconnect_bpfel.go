@@ -77,8 +77,10 @@ type xconnectMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type xconnectVariableSpecs struct {
 	ClientIfindex   *ebpf.VariableSpec `ebpf:"client_ifindex"`
+	ClientL3        *ebpf.VariableSpec `ebpf:"client_l3"`
 	ClientMac       *ebpf.VariableSpec `ebpf:"client_mac"`
 	EndpointIfindex *ebpf.VariableSpec `ebpf:"endpoint_ifindex"`
+	EndpointL3      *ebpf.VariableSpec `ebpf:"endpoint_l3"`
 	EndpointMac     *ebpf.VariableSpec `ebpf:"endpoint_mac"`
 	EndpointVlan    *ebpf.VariableSpec `ebpf:"endpoint_vlan"`
 	IpMode          *ebpf.VariableSpec `ebpf:"ip_mode"`
@@ -120,8 +122,10 @@ func (m *xconnectMaps) Close() error {
 // It can be passed to loadXconnectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xconnectVariables struct {
 	ClientIfindex   *ebpf.Variable `ebpf:"client_ifindex"`
+	ClientL3        *ebpf.Variable `ebpf:"client_l3"`
 	ClientMac       *ebpf.Variable `ebpf:"client_mac"`
 	EndpointIfindex *ebpf.Variable `ebpf:"endpoint_ifindex"`
+	EndpointL3      *ebpf.Variable `ebpf:"endpoint_l3"`
 	EndpointMac     *ebpf.Variable `ebpf:"endpoint_mac"`
 	EndpointVlan    *ebpf.Variable `ebpf:"endpoint_vlan"`
 	IpMode          *ebpf.Variable `ebpf:"ip_mode"`

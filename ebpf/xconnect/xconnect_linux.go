@@ -73,6 +73,11 @@ type Config struct {
 	// this VLAN's frames for ClientMAC (a copy of broadcast and multicast)
 	// and hands the others to the next program.
 	EndpointVLAN uint16
+	// ClientL3 and EndpointL3 say that side's device has no link-layer
+	// header (a WireGuard device, ARPHRD_NONE); IPMode only. What it
+	// receives gets an Ethernet header (MACs as in IPMode) before it goes
+	// to an Ethernet side; toward it, bpf_redirect drops the header.
+	ClientL3, EndpointL3 bool
 }
 
 // Options say where the program is pinned and attached.
@@ -101,6 +106,9 @@ type XConnect struct {
 
 // Spec returns the program's collection spec loaded with cfg.
 func Spec(cfg Config) (*ebpf.CollectionSpec, error) {
+	if (cfg.ClientL3 || cfg.EndpointL3) && !cfg.IPMode {
+		return nil, errors.New("xconnect spec: a device without a link-layer header carries IP payload only")
+	}
 	spec, err := loadXconnect()
 	if err != nil {
 		return nil, fmt.Errorf("xconnect spec: %w", err)
@@ -115,6 +123,8 @@ func Spec(cfg Config) (*ebpf.CollectionSpec, error) {
 		"peer_to_endpoint": boolByte(cfg.PeerEndpoint),
 		"ip_mode":          boolByte(cfg.IPMode),
 		"endpoint_vlan":    cfg.EndpointVLAN,
+		"client_l3":        boolByte(cfg.ClientL3),
+		"endpoint_l3":      boolByte(cfg.EndpointL3),
 		"client_mac":       cmac,
 		"endpoint_mac":     emac,
 	}

@@ -118,12 +118,14 @@ func TestGuestVM(t *testing.T) {
 		Modules: []string{"igb", "igbvf", "e1000", "vfio-pci", "veth", "wireguard", "vxlan", "8021q",
 			// netlink families vishvananda/netlink opens with every handle,
 			// and tc's (the SR-IOV stand-in tests' fake switch).
-			"xfrm_user", "nfnetlink", "sch_ingress", "cls_u32", "act_mirred"},
+			"xfrm_user", "nfnetlink", "sch_ingress", "cls_u32", "act_mirred",
+			// the kernel dataplane's tc attach mode, and its tests' tun.
+			"cls_bpf", "tun"},
 		Programs: []string{"sh", "ip", "tc", "ping", "unshare", "sleep", "cat", "ls"},
 		Files:    map[string]string{},
 		Manifest: guest.Manifest{
 			Output:  "/dev/ttyS1",
-			Modules: []string{"igbvf", "vfio-pci", "veth", "wireguard", "vxlan"},
+			Modules: []string{"igbvf", "vfio-pci", "veth", "wireguard", "vxlan", "tun"},
 			Writes:  []guest.Write{{Path: "/sys/bus/pci/devices/" + pciPF + "/sriov_numvfs", Value: strconv.Itoa(numVFs)}},
 			Up:      []string{pciPF},
 			Netdevs: map[string]string{
@@ -252,8 +254,8 @@ func addVPP(ctx context.Context, im *Image, bin string) error {
 		}
 		im.Programs = append(im.Programs, so[0])
 	}
-	im.Modules = append(im.Modules, "tun", "vhost_net")
-	im.Manifest.Modules = append(im.Manifest.Modules, "tun", "vhost_net")
+	im.Modules = append(im.Modules, "vhost_net")
+	im.Manifest.Modules = append(im.Manifest.Modules, "vhost_net")
 	_ = ctx
 	return nil
 }
