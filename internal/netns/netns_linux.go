@@ -96,7 +96,7 @@ func userWorker(p string) bool {
 	if !strings.Contains(p, "/task/") {
 		return false
 	}
-	raw, err := os.ReadFile(filepath.Join(filepath.Dir(filepath.Dir(p)), "stat")) //nolint:gosec // procfs
+	raw, err := os.ReadFile(filepath.Join(filepath.Dir(filepath.Dir(p)), "stat"))
 	if err != nil {
 		return false
 	}

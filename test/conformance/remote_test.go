@@ -4,18 +4,24 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 
 	"go.fd.io/govpp/binapi/vlib"
 
 	"github.com/nsmfwd/nsmfwd/ebpf/kernel"
 	"github.com/nsmfwd/nsmfwd/forwarder"
 	"github.com/nsmfwd/nsmfwd/internal/netns/nstest"
+	"github.com/nsmfwd/nsmfwd/internal/wgnl"
 	"github.com/nsmfwd/nsmfwd/vppapi"
 )
 
@@ -32,6 +38,17 @@ type remoteNode struct {
 // directions (each serving the other's Request): the two speak the same
 // NSM parameters and the same VXLAN on the wire.
 func TestVXLANKernelAndVPP(t *testing.T) {
+	testKernelAndVPP(t, forwarder.MechanismVXLAN, forwarder.PayloadEthernet)
+}
+
+// TestWireGuardKernelAndVPP: the same with WireGuard (IP payload), on a
+// kernel that has WireGuard (the guest-VM tier's, with VPP_BIN set): the
+// kernel dataplane's key exchange and ports are VPP's.
+func TestWireGuardKernelAndVPP(t *testing.T) {
+	testKernelAndVPP(t, forwarder.MechanismWireGuard, forwarder.PayloadIP)
+}
+
+func testKernelAndVPP(t *testing.T, mech string, payload forwarder.Payload) {
 	bin := vppBin(t)
 	for _, kernelServes := range []bool{false, true} {
 		name := "vpp-serves"
@@ -104,6 +121,11 @@ func TestVXLANKernelAndVPP(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { _ = vd.Close() })
+			for _, o := range []forwarder.Dataplane{kd, vd} {
+				if !slices.Contains(o.Mechanisms(forwarder.SideEndpoint), mech) {
+					t.Skipf("the %s dataplane does not build %s here (kernel WireGuard: the guest-VM tier has it)", o.Name(), mech)
+				}
+			}
 
 			// The client sits on the requesting node, the endpoint on the
 			// serving one.
@@ -113,7 +135,7 @@ func TestVXLANKernelAndVPP(t *testing.T) {
 			}
 			cName, cPath := nstest.New(t)
 			_, ePath := nstest.New(t)
-			base := &forwarder.Conn{ID: "mixed-1", Payload: forwarder.PayloadEthernet,
+			base := &forwarder.Conn{ID: "mixed-1", Payload: payload,
 				Client: forwarder.Side{Mechanism: forwarder.Mechanism{Type: forwarder.MechanismKernel, Params: map[string]string{
 					forwarder.ParamNetNSURL: "file://" + cPath, forwarder.ParamIfName: "nsm0"}},
 					IP: forwarder.IPConfig{Addrs: []netip.Prefix{netip.MustParsePrefix("10.74.0.1/24")}}},
@@ -122,7 +144,7 @@ func TestVXLANKernelAndVPP(t *testing.T) {
 					IP: forwarder.IPConfig{Addrs: []netip.Prefix{netip.MustParsePrefix("10.74.0.2/24")}}},
 			}
 			cs := base.Clone()
-			cs.Client.Mechanism = forwarder.Mechanism{Cls: forwarder.ClsRemote, Type: forwarder.MechanismVXLAN, Params: offerOf(requester.offer, forwarder.MechanismVXLAN)}
+			cs.Client.Mechanism = forwarder.Mechanism{Cls: forwarder.ClsRemote, Type: mech, Params: offerOf(requester.offer, mech, payload)}
 			if err := server.dp.Connect(ctx, cs); err != nil {
 				t.Fatalf("serving node: %v", err)
 			}
@@ -140,6 +162,9 @@ func TestVXLANKernelAndVPP(t *testing.T) {
 			}
 			if err != nil {
 				t.Logf("VPP errors:\n%s", vcli(vc, "show errors"))
+				if mech == forwarder.MechanismWireGuard {
+					t.Logf("VPP WireGuard:\n%s\n%s\nkernel WireGuard: %s", vcli(vc, "show wireguard interface"), vcli(vc, "show wireguard peer"), kernelWG(t, kPath))
+				}
 				t.Fatalf("ping across the mixed tunnel: %v\n%s", err, out)
 			}
 			for _, n := range []remoteNode{requester, server} {
@@ -154,6 +179,43 @@ func TestVXLANKernelAndVPP(t *testing.T) {
 	}
 }
 
+// kernelWG describes the WireGuard devices in the namespace at path.
+func kernelWG(t *testing.T, path string) string {
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return err.Error()
+	}
+	defer ns.Close()
+	c, err := wgnl.Open(ns)
+	if err != nil {
+		return err.Error()
+	}
+	defer c.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return err.Error()
+	}
+	defer h.Close()
+	links, _ := h.LinkList()
+	var b strings.Builder
+	for _, l := range links {
+		if l.Type() != "wireguard" {
+			continue
+		}
+		d, err := c.Device(l.Attrs().Index)
+		if err != nil {
+			fmt.Fprintf(&b, "%s: %v\n", l.Attrs().Name, err)
+			continue
+		}
+		fmt.Fprintf(&b, "%s: public %s port %d\n", d.Name, d.PublicKey, d.ListenPort)
+		for _, p := range d.Peers {
+			fmt.Fprintf(&b, "  peer %s endpoint %s handshake %v rx %d tx %d allowed %v\n", p.PublicKey, p.Endpoint, p.LastHandshake, p.RxBytes, p.TxBytes, p.AllowedIPs)
+		}
+	}
+	t.Helper()
+	return b.String()
+}
+
 func vcli(vc *vppapi.Conn, cmd string) string {
 	var rep vlib.CliInbandReply
 	if err := vc.Invoke(context.Background(), &vlib.CliInband{Cmd: cmd}, &rep); err != nil {
@@ -162,7 +224,7 @@ func vcli(vc *vppapi.Conn, cmd string) string {
 	return rep.Reply
 }
 
-func offerOf(o forwarder.Offerer, typ string) map[string]string {
-	p, _ := o.Offer(typ, forwarder.PayloadEthernet)
+func offerOf(o forwarder.Offerer, typ string, payload forwarder.Payload) map[string]string {
+	p, _ := o.Offer(typ, payload)
 	return p
 }

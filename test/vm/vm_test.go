@@ -121,7 +121,7 @@ func TestGuestVM(t *testing.T) {
 			"xfrm_user", "nfnetlink", "sch_ingress", "cls_u32", "act_mirred",
 			// the kernel dataplane's tc attach mode, and its tests' tun.
 			"cls_bpf", "tun"},
-		Programs: []string{"sh", "ip", "tc", "ping", "unshare", "sleep", "cat", "ls"},
+		Programs: []string{"sh", "ip", "tc", "ping", "unshare", "sleep", "cat", "ls", "ethtool"},
 		Files:    map[string]string{},
 		Manifest: guest.Manifest{
 			Output:  "/dev/ttyS1",
@@ -161,7 +161,8 @@ func TestGuestVM(t *testing.T) {
 	}
 	if bin := vppBinary(); bin != "" {
 		// With a VPP on the host, the VPP dataplane's tap v2 mode, which
-		// needs /dev/vhost-net that the host may lack, runs in the guest.
+		// needs /dev/vhost-net that the host may lack, and WireGuard
+		// between a kernel node and a VPP node run in the guest.
 		if err := addVPP(ctx, im, bin); err != nil {
 			t.Fatal(err)
 		}
@@ -170,11 +171,11 @@ func TestGuestVM(t *testing.T) {
 		}
 	}
 	if bin := vppBinary(); bin != "" && os.Getenv("NSMFWD_VM_PACKAGES") == "" {
-		name := "test-conformance-vpp-tap"
+		name := "test-conformance-vpp"
 		b := filepath.Join(dir, "test-conformance.test")
 		im.Manifest.Runs = append(im.Manifest.Runs, guest.Run{
 			Name: name, Path: "/tests/test-conformance.test",
-			Args: []string{"-test.v", "-test.count=1", "-test.timeout=30m", "-test.run=VPPTap"},
+			Args: []string{"-test.v", "-test.count=1", "-test.timeout=30m", "-test.run=VPPTap|KernelAndVPP"},
 			Env:  append([]string{"VPP_BIN=" + bin}, passEnv()...),
 		})
 		if _, ok := im.Files["/tests/test-conformance.test"]; !ok {
@@ -239,8 +240,8 @@ func vppBinary() string {
 var vppPlugins = []string{"af_packet", "af_xdp", "memif", "l3xc", "ping", "vxlan", "wireguard", "acl"}
 
 // addVPP puts the host's VPP into the image: the binary, the plugins
-// nsmfwd enables (from VPP's lib/<triplet>/vpp_plugins next to bin/),
-// their libraries, and the modules its tap v2 needs.
+// nsmfwd enables (from VPP's lib/<triplet>/vpp_plugins next to bin/) and
+// its crypto engines, their libraries, and the modules its tap v2 needs.
 func addVPP(ctx context.Context, im *Image, bin string) error {
 	im.Programs = append(im.Programs, bin)
 	root := filepath.Dir(filepath.Dir(bin))
@@ -254,6 +255,13 @@ func addVPP(ctx context.Context, im *Image, bin string) error {
 		}
 		im.Programs = append(im.Programs, so[0])
 	}
+	// VPP 25.10 loads its crypto engines (WireGuard's ChaCha20-Poly1305)
+	// from a directory of their own next to the plugins.
+	engines, _ := filepath.Glob(filepath.Join(root, "lib*", "*", "vpp_crypto_engines", "*.so"))
+	if len(engines) == 0 {
+		engines, _ = filepath.Glob(filepath.Join(root, "lib*", "vpp_crypto_engines", "*.so"))
+	}
+	im.Programs = append(im.Programs, engines...)
 	im.Modules = append(im.Modules, "vhost_net")
 	im.Manifest.Modules = append(im.Manifest.Modules, "vhost_net")
 	_ = ctx
