@@ -176,7 +176,7 @@ func TestGuestVM(t *testing.T) {
 		im.Manifest.Runs = append(im.Manifest.Runs, guest.Run{
 			Name: name, Path: "/tests/test-conformance.test",
 			Args: []string{"-test.v", "-test.count=1", "-test.timeout=30m", "-test.run=VPPTap|KernelAndVPP"},
-			Env:  append([]string{"VPP_BIN=" + bin}, passEnv()...),
+			Env:  append([]string{"VPP_BIN=" + bin, "NSMFWD_GUEST_VM=1"}, passEnv()...),
 		})
 		if _, ok := im.Files["/tests/test-conformance.test"]; !ok {
 			build("test", "-c", "-tags", "sriov_hw", "-o", b, "./test/conformance")
