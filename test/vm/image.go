@@ -154,10 +154,10 @@ func cachedOrDownload(ctx context.Context, debs string) (string, error) {
 func addModules(r *initramfs, k *Kernel, names []string) error {
 	dir := k.ModulesDir()
 	deps := map[string][]string{}
-	if err := readLines(filepath.Join(dir, "modules.dep"), func(line string) {
+	if err := guest.ReadLines(filepath.Join(dir, "modules.dep"), func(line string) {
 		file, rest, ok := strings.Cut(line, ":")
 		if ok {
-			deps[modName(file)] = append([]string{file}, strings.Fields(rest)...)
+			deps[guest.ModName(file)] = append([]string{file}, strings.Fields(rest)...)
 		}
 	}); err != nil {
 		return err
@@ -176,26 +176,6 @@ func addModules(r *initramfs, k *Kernel, names []string) error {
 		}
 	}
 	return nil
-}
-
-func modName(file string) string {
-	base := filepath.Base(file)
-	base = base[:strings.Index(base+".ko", ".ko")]
-	return strings.ReplaceAll(base, "-", "_")
-}
-
-func readLines(path string, fn func(string)) error {
-	f, err := os.Open(path) //nolint:gosec // the cache's own files
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	s.Buffer(make([]byte, 64<<10), 1<<20)
-	for s.Scan() {
-		fn(s.Text())
-	}
-	return s.Err()
 }
 
 // ldLine matches the library paths in ldd's output.

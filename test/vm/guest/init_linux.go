@@ -1,7 +1,6 @@
 package guest
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -217,12 +216,6 @@ type moduleIndex struct {
 	aliases [][2]string         // pattern, module name
 }
 
-func modName(file string) string {
-	base := filepath.Base(file)
-	base = base[:strings.Index(base+".ko", ".ko")]
-	return strings.ReplaceAll(base, "-", "_")
-}
-
 func loadModuleIndex() (*moduleIndex, error) {
 	var u unix.Utsname
 	if err := unix.Uname(&u); err != nil {
@@ -230,16 +223,16 @@ func loadModuleIndex() (*moduleIndex, error) {
 	}
 	dir := filepath.Join("/lib/modules", unix.ByteSliceToString(u.Release[:]))
 	idx := &moduleIndex{dir: dir, deps: map[string][]string{}}
-	if err := readLines(filepath.Join(dir, "modules.dep"), func(line string) {
+	if err := ReadLines(filepath.Join(dir, "modules.dep"), func(line string) {
 		file, deps, ok := strings.Cut(line, ":")
 		if !ok {
 			return
 		}
-		idx.deps[modName(file)] = append([]string{file}, strings.Fields(deps)...)
+		idx.deps[ModName(file)] = append([]string{file}, strings.Fields(deps)...)
 	}); err != nil {
 		return nil, err
 	}
-	if err := readLines(filepath.Join(dir, "modules.alias"), func(line string) {
+	if err := ReadLines(filepath.Join(dir, "modules.alias"), func(line string) {
 		f := strings.Fields(line)
 		if len(f) == 3 && f[0] == "alias" {
 			idx.aliases = append(idx.aliases, [2]string{f[1], f[2]})
@@ -248,20 +241,6 @@ func loadModuleIndex() (*moduleIndex, error) {
 		return nil, err
 	}
 	return idx, nil
-}
-
-func readLines(path string, fn func(string)) error {
-	f, err := os.Open(path) //nolint:gosec // the image's own index
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	s.Buffer(make([]byte, 64<<10), 1<<20)
-	for s.Scan() {
-		fn(s.Text())
-	}
-	return s.Err()
 }
 
 // resolve maps a module name or alias to module names.
