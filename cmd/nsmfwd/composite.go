@@ -232,9 +232,10 @@ func sriovOf(dp forwarder.Dataplane) *sriov.Dataplane {
 	switch d := dp.(type) {
 	case *sriov.Dataplane:
 		return d
+	case *sriovWithPlugins:
+		return d.Dataplane
 	case *composite:
-		s, _ := d.sriov.(*sriov.Dataplane)
-		return s
+		return sriovOf(d.sriov)
 	}
 	return nil
 }

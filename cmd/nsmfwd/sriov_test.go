@@ -36,6 +36,7 @@ physicalFunctions:
 	}
 	t.Setenv("NSM_SRIOV_CONFIG_FILE", cfgFile)
 	t.Setenv("NSM_SRIOV_SYSFS_ROOT", root)
+	t.Setenv("NSM_SRIOV_DEVICE_PLUGIN_DIR", "none")
 	cfg := Config{Name: "fwd", StateDir: t.TempDir()}
 	dp, err := newSRIOVDataplane(context.Background(), cfg, slog.New(slog.DiscardHandler))
 	if err != nil {

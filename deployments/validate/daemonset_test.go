@@ -54,6 +54,7 @@ var overlayMounts = map[string][]hostMount{
 		{"/dev/vfio", "/dev/vfio", false},
 		{"/host/sys/fs/cgroup", "/sys/fs/cgroup", false},
 		{"/var/lib/kubelet/pod-resources", "/var/lib/kubelet/pod-resources", false},
+		{"/var/lib/kubelet/device-plugins", "/var/lib/kubelet/device-plugins", false},
 	},
 }
 
