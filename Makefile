@@ -47,7 +47,8 @@ generate: ## regenerate the eBPF objects with bpf2go (needs clang, llvm, libbpf-
 generate-check: generate ## fail if the committed eBPF objects differ from what `make generate` produces
 	@git diff --exit-code --stat -- ebpf/ || { echo "generated eBPF objects are stale: run make generate and commit"; exit 1; }
 
-lint: lint-workflows ## golangci-lint and actionlint (pinned, run through go run; not in go.mod)
+lint: lint-workflows ## golangci-lint and actionlint (pinned, run through go run; not in go.mod), and every module's go.mod tidy
+	@for m in . test/interop deployments/validate; do (cd $$m && $(GO) mod tidy -diff >/dev/null) || { echo "$$m: go.mod/go.sum not tidy: run go mod tidy there (test/interop follows the main module's requirements)"; exit 1; }; done
 	$(GO) run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION) run ./...
 	cd test/interop && $(GO) run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION) run ./...
 
