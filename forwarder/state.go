@@ -36,9 +36,21 @@ func (s *Store) path(id string) string {
 
 // Put writes the record of id atomically.
 func (s *Store) Put(id string, data []byte) error {
-	f, err := os.CreateTemp(s.dir, ".tmp-*")
-	if err != nil {
+	if err := WriteFileAtomic(s.path(id), data, ".tmp-*"); err != nil {
 		return fmt.Errorf("state put %q: %w", id, err)
+	}
+	return nil
+}
+
+// WriteFileAtomic replaces the file at path with data so that a crash
+// leaves either the old or the new contents: a temporary file named by
+// tmpPattern (os.CreateTemp) in the same directory, fsync, rename, fsync
+// of the directory. A failed write leaves no temporary file.
+func WriteFileAtomic(path string, data []byte, tmpPattern string) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, tmpPattern)
+	if err != nil {
+		return err
 	}
 	tmp := f.Name()
 	_, err = f.Write(data)
@@ -49,13 +61,13 @@ func (s *Store) Put(id string, data []byte) error {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(tmp, s.path(id))
+		err = os.Rename(tmp, path)
 	}
 	if err != nil {
 		_ = os.Remove(tmp)
-		return fmt.Errorf("state put %q: %w", id, err)
+		return err
 	}
-	return s.syncDir()
+	return syncDir(dir)
 }
 
 // Delete removes the record of id; a missing record is not an error.
@@ -63,7 +75,7 @@ func (s *Store) Delete(id string) error {
 	if err := os.Remove(s.path(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("state delete %q: %w", id, err)
 	}
-	return s.syncDir()
+	return syncDir(s.dir)
 }
 
 // Load returns every record by connection id. Leftover temporary files from
@@ -98,8 +110,8 @@ func (s *Store) Load() (map[string][]byte, error) {
 	return out, nil
 }
 
-func (s *Store) syncDir() error {
-	d, err := os.Open(s.dir)
+func syncDir(dir string) error {
+	d, err := os.Open(dir) //nolint:gosec // a state directory of the caller's
 	if err != nil {
 		return fmt.Errorf("state sync: %w", err)
 	}

@@ -192,6 +192,15 @@ func (pf PFConfig) ID() string {
 	return pf.Name
 }
 
+// Count is how many VFs the range holds.
+func (r VFRange) Count() (int, error) {
+	first, last, err := parseRange(r.Range, 255)
+	if err != nil {
+		return 0, err
+	}
+	return last - first + 1, nil
+}
+
 // parseRange parses "N" or "FIRST-LAST" (inclusive) within 0..max.
 func parseRange(s string, maxValue int) (first, last int, err error) {
 	a, b, isRange := strings.Cut(s, "-")

@@ -16,12 +16,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 
 	"github.com/google/uuid"
 
+	"github.com/nsmfwd/nsmfwd/forwarder"
 	"github.com/nsmfwd/nsmfwd/sriov"
 )
 
@@ -62,11 +62,11 @@ func Counts(cfg *sriov.Config) (map[string]int, error) {
 	for _, pf := range cfg.PhysicalFunctions {
 		n := 0
 		for _, r := range pf.VFs {
-			first, last, err := vfRange(r.Range)
+			k, err := r.Count()
 			if err != nil {
 				return nil, fmt.Errorf("token counts: pf %s: %w", pf.ID(), err)
 			}
-			n += last - first + 1
+			n += k
 		}
 		for _, d := range pf.ServiceDomains {
 			for _, c := range pf.Capabilities {
@@ -75,23 +75,6 @@ func Counts(cfg *sriov.Config) (map[string]int, error) {
 		}
 	}
 	return out, nil
-}
-
-func vfRange(s string) (first, last int, err error) {
-	a, b, isRange := strings.Cut(s, "-")
-	if first, err = strconv.Atoi(a); err != nil {
-		return 0, 0, fmt.Errorf("range %q: %w", s, err)
-	}
-	last = first
-	if isRange {
-		if last, err = strconv.Atoi(b); err != nil {
-			return 0, 0, fmt.Errorf("range %q: %w", s, err)
-		}
-	}
-	if first < 0 || last < first {
-		return 0, 0, fmt.Errorf("range %q: want 0 <= first <= last", s)
-	}
-	return first, last, nil
 }
 
 // Open loads the pool persisted in dir (creating dir if needed) and fits
@@ -157,34 +140,9 @@ func (p *Pool) save() error {
 	if err != nil {
 		return fmt.Errorf("token pool save: %w", err)
 	}
-	dir := filepath.Dir(p.path)
 	// Not ".tmp-*": the sriov dataplane's store removes those in the
 	// directory they share.
-	f, err := os.CreateTemp(dir, ".tokens-*")
-	if err != nil {
-		return fmt.Errorf("token pool save: %w", err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, p.path)
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("token pool save: %w", err)
-	}
-	d, err := os.Open(dir) //nolint:gosec // G304: the pool's own state directory
-	if err != nil {
-		return fmt.Errorf("token pool save: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
+	if err := forwarder.WriteFileAtomic(p.path, data, ".tokens-*"); err != nil {
 		return fmt.Errorf("token pool save: %w", err)
 	}
 	return nil
