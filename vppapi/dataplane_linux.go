@@ -644,12 +644,6 @@ func (d *Dataplane) tapSide(ctx context.Context, vc *Conn, c *forwarder.Conn, s 
 			return err
 		}
 		s.vif, s.vifNew = &v, true
-		// The tap dies with the workload's namespace, which raises no
-		// event in the node's: an nsid for it there makes its death raise
-		// RTM_DELNSID, which Watch hears.
-		if _, err := vwire.EnsureNSID(d.host, e.NS); err != nil {
-			d.log.DebugContext(ctx, "no nsid for the tap's namespace; its death is found by the periodic check", "error", err)
-		}
 		if d.opts.RxMode != "" {
 			if err := setRxMode(ctx, vc, v.index, d.opts.RxMode); err != nil {
 				return err

@@ -20,9 +20,9 @@ var _ forwarder.Watcher = (*Dataplane)(nil)
 
 // tapCheckInterval is how often tap mode asks for a check of every
 // connection: a tap lives only in the workload's namespace, so its death
-// raises no link event in the node namespace. A dying namespace raises
-// RTM_DELNSID there (the dataplane gives each tap's namespace an nsid),
-// which is heard at once; the check catches a tap deleted by its workload.
+// raises no link event in the node namespace, and VPP's tap keeps that
+// namespace alive. vwire.NetNSWatch hears its pin go or its process exit;
+// the check catches the rest (a tap deleted by its workload).
 const tapCheckInterval = 2 * time.Second
 
 // memifCheckInterval is how often memif sides are checked while there are
@@ -38,9 +38,9 @@ const (
 // with their node-side end, which the kernel reports (RTM_DELLINK with the
 // connection's alias). Tap sides are checked periodically, and so are
 // memif sides while there are any: a memif whose peer was connected and
-// has been gone for memifGrace is dead. Tap sides' namespaces are watched
-// for their death (RTM_DELNSID), their pins' removal and the exit of the
-// process a /proc/PID URL names (vwire.NetNSWatch).
+// has been gone for memifGrace is dead. For tap sides, the removal of
+// their namespaces' pins and the exit of the process a /proc/PID URL names
+// are watched too (vwire.NetNSWatch).
 func (d *Dataplane) Watch(ctx context.Context, ch chan<- forwarder.Death) error {
 	go d.watchMemif(ctx, ch)
 	w := vwire.LinkWatch{Name: d.opts.Name, Logger: d.log}
@@ -52,7 +52,6 @@ func (d *Dataplane) Watch(ctx context.Context, ch chan<- forwarder.Death) error 
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	wg.Go(func() { _ = vwire.WatchNetNSDeaths(ctx, w.NS, d.log, ch) })
 	wg.Go(func() { _ = d.nsWatch.Run(ctx, ch) })
 	t := time.NewTicker(tapCheckInterval)
 	defer t.Stop()

@@ -9,9 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
-
 	"github.com/nsmfwd/nsmfwd/forwarder"
 	"github.com/nsmfwd/nsmfwd/internal/netns/nstest"
 )
@@ -41,42 +38,6 @@ func runWatch(t *testing.T, fn func(context.Context, chan<- forwarder.Death) err
 	})
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	return ch
-}
-
-// A namespace given an nsid in the node's namespace raises RTM_DELNSID
-// there when it dies.
-func TestNetNSDeathByNSID(t *testing.T) {
-	nstest.RequireRoot(t)
-	_, nodePath := nstest.New(t)
-	name, path := nstest.New(t)
-	node, err := netns.GetFromPath(nodePath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer node.Close()
-	h, err := netlink.NewHandleAt(node)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	ns, err := netns.GetFromPath(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, err := EnsureNSID(h, ns)
-	if err != nil || id < 0 {
-		t.Fatalf("EnsureNSID: %d, %v", id, err)
-	}
-	if again, err := EnsureNSID(h, ns); err != nil || again != id {
-		t.Fatalf("EnsureNSID again: %d, %v; want %d", again, err, id)
-	}
-	_ = ns.Close()
-	ch := runWatch(t, func(ctx context.Context, ch chan<- forwarder.Death) error {
-		return WatchNetNSDeaths(ctx, node, nil, ch)
-	})
-	time.Sleep(100 * time.Millisecond) // subscribed
-	nstest.Delete(t, name)
-	hint(t, ch, "namespace deleted")
 }
 
 // NetNSWatch hears a pin go from /run/netns and the exit of the process
