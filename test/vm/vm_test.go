@@ -159,18 +159,20 @@ func TestGuestVM(t *testing.T) {
 			Env: append([]string{"NSMFWD_SRIOV_VFS=" + strconv.Itoa(numVFs), "NSMFWD_GUEST_VM=1"}, passEnv()...),
 		})
 	}
-	if bin := vppBinary(); bin != "" {
+	vpp := vppBinary()
+	if vpp != "" {
+		bin := vpp
 		// With a VPP on the host, the VPP dataplane's tap v2 mode, which
 		// needs /dev/vhost-net that the host may lack, and WireGuard
 		// between a kernel node and a VPP node run in the guest.
-		if err := addVPP(ctx, im, bin); err != nil {
+		if err := addVPP(im, bin); err != nil {
 			t.Fatal(err)
 		}
 		for i := range im.Manifest.Runs {
 			im.Manifest.Runs[i].Env = append(im.Manifest.Runs[i].Env, "VPP_BIN="+bin)
 		}
 	}
-	if bin := vppBinary(); bin != "" && os.Getenv("NSMFWD_VM_PACKAGES") == "" {
+	if bin := vpp; bin != "" && os.Getenv("NSMFWD_VM_PACKAGES") == "" {
 		name := "test-conformance-vpp"
 		b := filepath.Join(dir, "test-conformance.test")
 		im.Manifest.Runs = append(im.Manifest.Runs, guest.Run{
@@ -242,7 +244,7 @@ var vppPlugins = []string{"af_packet", "af_xdp", "memif", "l3xc", "ping", "vxlan
 // addVPP puts the host's VPP into the image: the binary, the plugins
 // nsmfwd enables (from VPP's lib/<triplet>/vpp_plugins next to bin/) and
 // its crypto engines, their libraries, and the modules its tap v2 needs.
-func addVPP(ctx context.Context, im *Image, bin string) error {
+func addVPP(im *Image, bin string) error {
 	im.Programs = append(im.Programs, bin)
 	root := filepath.Dir(filepath.Dir(bin))
 	for _, p := range vppPlugins {
@@ -264,7 +266,6 @@ func addVPP(ctx context.Context, im *Image, bin string) error {
 	im.Programs = append(im.Programs, engines...)
 	im.Modules = append(im.Modules, "vhost_net")
 	im.Manifest.Modules = append(im.Manifest.Modules, "vhost_net")
-	_ = ctx
 	return nil
 }
 
